@@ -1,0 +1,105 @@
+import { resolve } from 'node:path';
+import { DEFAULT_CATALOG_PATH } from './core/catalog.ts';
+
+/** Every setting the gateway reads, from the environment, once, at start. */
+export interface Config {
+  port: number;
+  host: string;
+  /** Base of the URLs we hand out (signed file links). */
+  publicUrl: string;
+  dataDir: string;
+  store: 'sqlite';
+  sqlitePath: string;
+  blobs: 'fs';
+  /** HMAC secret of signed file URLs; generated into the data dir when unset. */
+  signingSecret: string | null;
+  catalogPath: string;
+  simulatedSeconds: number;
+  urlTtlSeconds: number;
+  corsOrigins: string[] | '*';
+  logLevel: string;
+  idempotencyTtlSeconds: number;
+  /** Create a demo tenant (and print its key) when the store has none yet. */
+  demo: boolean;
+  worker: {
+    enabled: boolean;
+    intervalMs: number;
+    concurrency: number;
+    batchSize: number;
+  };
+  jobs: {
+    pollIntervalMs: number;
+    leaseMs: number;
+    submitTimeoutMs: number;
+    deadlineMs: number;
+    maxCheckFailures: number;
+    maxBackoffMs: number;
+  };
+}
+
+type Env = Record<string, string | undefined>;
+
+export class ConfigError extends Error {}
+
+function int(env: Env, name: string, fallback: number, min = 0): number {
+  const raw = env[name];
+  if (raw === undefined || raw === '') return fallback;
+  const value = Number(raw);
+  if (!Number.isFinite(value) || value < min) {
+    throw new ConfigError(`${name} must be a number >= ${min}, got "${raw}"`);
+  }
+  return value;
+}
+
+function oneOf<T extends string>(env: Env, name: string, allowed: readonly T[], fallback: T): T {
+  const raw = env[name] ?? fallback;
+  if (!(allowed as readonly string[]).includes(raw)) {
+    throw new ConfigError(`${name} must be one of ${allowed.join(', ')}, got "${raw}"`);
+  }
+  return raw as T;
+}
+
+function bool(env: Env, name: string, fallback: boolean): boolean {
+  const raw = env[name];
+  if (raw === undefined || raw === '') return fallback;
+  if (/^(1|true|yes|on)$/i.test(raw)) return true;
+  if (/^(0|false|no|off)$/i.test(raw)) return false;
+  throw new ConfigError(`${name} must be true or false, got "${raw}"`);
+}
+
+export function loadConfig(env: Env = process.env): Config {
+  const port = int(env, 'PORT', 8080);
+  const dataDir = resolve(env.REELPOSTLY_DATA_DIR || './data');
+  const origins = env.REELPOSTLY_CORS_ORIGINS || '*';
+  return Object.freeze({
+    port,
+    host: env.HOST || '0.0.0.0',
+    publicUrl: (env.REELPOSTLY_PUBLIC_URL || `http://localhost:${port}`).replace(/\/+$/, ''),
+    dataDir,
+    store: oneOf(env, 'REELPOSTLY_STORE', ['sqlite'] as const, 'sqlite'),
+    sqlitePath: resolve(env.REELPOSTLY_SQLITE_PATH || `${dataDir}/reelpostly.db`),
+    blobs: oneOf(env, 'REELPOSTLY_BLOBS', ['fs'] as const, 'fs'),
+    signingSecret: env.REELPOSTLY_SIGNING_SECRET || null,
+    catalogPath: resolve(env.REELPOSTLY_CATALOG || DEFAULT_CATALOG_PATH),
+    simulatedSeconds: int(env, 'REELPOSTLY_SIMULATED_SECONDS', 8),
+    urlTtlSeconds: int(env, 'REELPOSTLY_URL_TTL_SECONDS', 7 * 24 * 3600, 1),
+    corsOrigins: origins === '*' ? '*' : origins.split(',').map((o) => o.trim()).filter(Boolean),
+    logLevel: env.LOG_LEVEL || 'info',
+    idempotencyTtlSeconds: int(env, 'REELPOSTLY_IDEMPOTENCY_TTL_SECONDS', 24 * 3600, 1),
+    demo: bool(env, 'REELPOSTLY_DEMO', true),
+    worker: {
+      enabled: bool(env, 'REELPOSTLY_WORKER', true),
+      intervalMs: int(env, 'REELPOSTLY_WORKER_INTERVAL_MS', 500, 10),
+      concurrency: int(env, 'REELPOSTLY_WORKER_CONCURRENCY', 8, 1),
+      batchSize: int(env, 'REELPOSTLY_WORKER_BATCH', 100, 1),
+    },
+    jobs: {
+      pollIntervalMs: int(env, 'REELPOSTLY_POLL_INTERVAL_MS', 1000, 10),
+      leaseMs: int(env, 'REELPOSTLY_LEASE_MS', 30_000, 100),
+      submitTimeoutMs: int(env, 'REELPOSTLY_SUBMIT_TIMEOUT_MS', 60_000, 100),
+      deadlineMs: int(env, 'REELPOSTLY_JOB_DEADLINE_SECONDS', 3600, 1) * 1000,
+      maxCheckFailures: int(env, 'REELPOSTLY_MAX_CHECK_FAILURES', 8, 1),
+      maxBackoffMs: int(env, 'REELPOSTLY_MAX_BACKOFF_MS', 60_000, 10),
+    },
+  });
+}

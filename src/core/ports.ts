@@ -1,0 +1,388 @@
+/**
+ * The interfaces adapters implement. Domain-shaped, key-value access patterns only,
+ * so the SQLite store and a DynamoDB single-table design can serve every call
+ * without scans. All timestamps are epoch milliseconds.
+ */
+import type { Readable } from 'node:stream';
+
+export interface Clock {
+  /** Current time in epoch milliseconds. */
+  now(): number;
+}
+
+// ---------------------------------------------------------------- tenants & keys
+
+export type TenantStatus = 'active' | 'suspended' | 'cancelled';
+
+export interface Tenant {
+  tenantId: string;
+  email: string;
+  planId: string;
+  status: TenantStatus;
+  createdAt: number;
+}
+
+export interface ApiKey {
+  keyId: string;
+  tenantId: string;
+  name: string;
+  /** Display prefix, e.g. `rp_live_AbCd`; never enough to authenticate. */
+  prefix: string;
+  /** Hex SHA-256 of the full key; the plaintext is never stored. */
+  hash: string;
+  createdAt: number;
+  lastUsedAt: number | null;
+  expiresAt: number | null;
+  revokedAt: number | null;
+}
+
+export interface Page<T> {
+  items: T[];
+  /** Cursor for the next page, or null when this page is the last. */
+  next: string | null;
+}
+
+export interface TenantStore {
+  /** Inserts a tenant; throws AppError `validation_error` when the id exists. */
+  createTenant(tenant: Tenant): Promise<void>;
+  /** The tenant, or null. */
+  getTenant(tenantId: string): Promise<Tenant | null>;
+  /** Tenants ordered by tenantId, `after` exclusive. */
+  listTenants(options: { after?: string; limit: number }): Promise<Page<Tenant>>;
+  /** Applies the patch; throws AppError `not_found` for an unknown tenant. */
+  updateTenant(
+    tenantId: string,
+    patch: Partial<Pick<Tenant, 'status' | 'planId' | 'email'>>,
+  ): Promise<Tenant>;
+}
+
+export interface ApiKeyStore {
+  /** Inserts a key record (hash only). */
+  createKey(key: ApiKey): Promise<void>;
+  /** Looks a key up by the SHA-256 hash of its plaintext. */
+  findKeyByHash(hash: string): Promise<ApiKey | null>;
+  getKey(keyId: string): Promise<ApiKey | null>;
+  /** Keys of a tenant, oldest first. */
+  listKeys(tenantId: string): Promise<ApiKey[]>;
+  /** Sets revokedAt (first revocation wins); throws `not_found` for an unknown key. */
+  revokeKey(keyId: string, now: number): Promise<ApiKey>;
+  /** Records use; callers throttle how often they call it. */
+  touchKey(keyId: string, now: number): Promise<void>;
+}
+
+// ---------------------------------------------------------------- credits
+
+export type LedgerKind = 'grant' | 'charge' | 'refund' | 'adjustment';
+
+export interface NewLedgerEntry {
+  /** Idempotency id: posting the same id twice applies it once (e.g. `refund:<jobId>`). */
+  entryId: string;
+  tenantId: string;
+  kind: LedgerKind;
+  /** Signed integer credits: positive adds, negative spends. */
+  amount: number;
+  reason: string;
+  jobId: string | null;
+  createdAt: number;
+}
+
+export interface LedgerEntry extends NewLedgerEntry {
+  /** Balance right after this entry was applied. */
+  balanceAfter: number;
+}
+
+export interface PostResult {
+  entry: LedgerEntry;
+  balance: number;
+  /** False when an entry with this id already existed (nothing changed). */
+  applied: boolean;
+}
+
+export interface CreditLedger {
+  /**
+   * Atomically appends the entry and moves the balance. Idempotent by entryId.
+   * Throws AppError `insufficient_credits` (nothing written) if the balance would go
+   * below zero. `sum(entries) == balance` holds after every call.
+   */
+  post(entry: NewLedgerEntry): Promise<PostResult>;
+  /** Current balance; 0 for a tenant that never had an entry. */
+  getBalance(tenantId: string): Promise<number>;
+  /** Entries oldest first; `after` is the cursor of a previous page. */
+  listEntries(tenantId: string, options: { after?: string; limit: number }): Promise<Page<LedgerEntry>>;
+}
+
+// ---------------------------------------------------------------- jobs
+
+export type JobState = 'queued' | 'in_progress' | 'completed' | 'failed';
+export type VideoVariant = 'video' | 'thumbnail' | 'spritesheet';
+
+export interface JobError {
+  /** Machine code, e.g. `moderation_blocked`, `upstream_error`, `timeout`. */
+  code: string;
+  message: string;
+}
+
+export interface StoredAsset {
+  /** Blob key per stored variant (the video is always present). */
+  keys: Partial<Record<VideoVariant, string>> & { video: string };
+  /** Size of the stored video in bytes. */
+  bytes: number;
+  filename: string;
+}
+
+export interface Job {
+  /** Public id, `video_<hex>`. */
+  jobId: string;
+  tenantId: string;
+  keyId: string;
+  /** Public model the customer asked for. */
+  model: string;
+  /** Provider id and upstream model that serve this job. */
+  provider: string;
+  upstreamModel: string;
+  /** Upstream job id once submitted; null before the submit was acknowledged. */
+  providerJobId: string | null;
+  prompt: string;
+  seconds: number;
+  size: string;
+  state: JobState;
+  progress: number;
+  /** Last status word the upstream reported (e.g. `in_progress`). */
+  providerStatus: string;
+  error: JobError | null;
+  /** Credits charged at creation. */
+  cost: number;
+  asset: StoredAsset | null;
+  remixedFromJobId: string | null;
+  createdAt: number;
+  updatedAt: number;
+  completedAt: number | null;
+  /** When the worker should next look at this job; null once it has ended. */
+  nextCheckAt: number | null;
+  /** Consecutive failed upstream checks, for backoff. */
+  checkFailures: number;
+  leaseOwner: string | null;
+  leaseUntil: number;
+  /** Incremented by every write; the basis of optimistic concurrency. */
+  version: number;
+}
+
+export type JobPatch = Partial<
+  Pick<
+    Job,
+    | 'providerJobId'
+    | 'state'
+    | 'progress'
+    | 'providerStatus'
+    | 'error'
+    | 'asset'
+    | 'completedAt'
+    | 'nextCheckAt'
+    | 'checkFailures'
+    | 'leaseOwner'
+    | 'leaseUntil'
+    | 'updatedAt'
+  >
+>;
+
+export interface JobStore {
+  /**
+   * Inserts the job and posts its charge in ONE atomic step. Throws AppError
+   * `insufficient_credits` with nothing written when the balance cannot cover it.
+   */
+  createJob(job: Job, charge: NewLedgerEntry): Promise<{ job: Job; balance: number }>;
+  getJob(jobId: string): Promise<Job | null>;
+  /** Jobs of one tenant (or all, for operators) by creation time; `after` is a jobId. */
+  listJobs(options: {
+    tenantId?: string;
+    after?: string;
+    limit: number;
+    order: 'asc' | 'desc';
+  }): Promise<Page<Job>>;
+  /**
+   * Applies the patch iff the stored version equals `expectVersion` (else AppError
+   * `version_conflict`), bumping the version. A `ledger` entry commits atomically with
+   * it (how a failure and its refund land together).
+   */
+  updateJob(
+    jobId: string,
+    patch: JobPatch,
+    options: { expectVersion: number; ledger?: NewLedgerEntry },
+  ): Promise<Job>;
+  /**
+   * Takes the job's lease for `owner` if it is free, expired or already `owner`'s,
+   * and the job has not ended. Returns the leased job (version bumped), or null.
+   */
+  claimJob(jobId: string, options: { owner: string; leaseMs: number; now: number }): Promise<Job | null>;
+  /** Unfinished jobs whose nextCheckAt <= now, soonest first. */
+  listDueJobs(options: { now: number; limit: number }): Promise<Job[]>;
+}
+
+// ---------------------------------------------------------------- limits
+
+export interface RateLimitParams {
+  /** Sustained requests per second. */
+  ratePerSecond: number;
+  /** Requests allowed at once on an idle bucket. */
+  burst: number;
+}
+
+export interface RateDecision {
+  allowed: boolean;
+  limit: number;
+  remaining: number;
+  /** Milliseconds until one more request would be allowed (0 when allowed). */
+  retryAfterMs: number;
+  /** Milliseconds until the bucket is fully replenished. */
+  resetMs: number;
+}
+
+export interface QuotaDecision {
+  allowed: boolean;
+  limit: number;
+  used: number;
+  remaining: number;
+}
+
+export interface LimitStore {
+  /** GCRA check-and-consume of one request, atomic per bucket. */
+  consumeRate(bucket: string, params: RateLimitParams, now: number): Promise<RateDecision>;
+  /** Counts one request against `period` (e.g. `2026-12`) unless the limit is reached. */
+  consumeQuota(bucket: string, options: { period: string; limit: number }): Promise<QuotaDecision>;
+  /** Requests counted so far in the period. */
+  getQuotaUsage(bucket: string, period: string): Promise<number>;
+}
+
+// ---------------------------------------------------------------- idempotency
+
+export interface StoredResponse {
+  statusCode: number;
+  body: unknown;
+}
+
+export type IdempotencyBegin =
+  | { outcome: 'started' }
+  | { outcome: 'replay'; response: StoredResponse }
+  | { outcome: 'conflict' }
+  | { outcome: 'in_progress' };
+
+export interface IdempotencyRef {
+  /** Whose key space (the tenant id). */
+  scope: string;
+  key: string;
+}
+
+export interface IdempotencyStore {
+  /**
+   * Atomically reserves (scope, key) for a request whose body hashes to
+   * `requestHash`. An existing live record answers replay (same hash, completed),
+   * conflict (different hash) or in_progress (same hash, not completed).
+   */
+  beginIdempotent(
+    ref: IdempotencyRef,
+    options: { requestHash: string; now: number; ttlMs: number },
+  ): Promise<IdempotencyBegin>;
+  /** Stores the response that later retries replay. */
+  completeIdempotent(ref: IdempotencyRef, response: StoredResponse): Promise<void>;
+  /** Drops an uncompleted reservation so a retry can run again (unexpected errors). */
+  abandonIdempotent(ref: IdempotencyRef): Promise<void>;
+}
+
+/** Everything persistent, as one adapter (SQLite file or DynamoDB table). */
+export interface Store
+  extends TenantStore,
+    ApiKeyStore,
+    CreditLedger,
+    JobStore,
+    LimitStore,
+    IdempotencyStore {
+  /** Brings the schema to the current version; safe to run repeatedly. */
+  migrate(): Promise<void>;
+  /** Cheap round trip proving the store answers. */
+  ping(): Promise<void>;
+  close(): Promise<void>;
+}
+
+// ---------------------------------------------------------------- blobs
+
+export interface BlobInfo {
+  bytes: number;
+  contentType: string;
+}
+
+export interface BlobStore {
+  /**
+   * Streams `body` into `key` without buffering it whole. The object appears
+   * atomically and only complete: if `expectedBytes` is given and differs, or the
+   * stream errors, nothing is left at `key`. Overwriting an existing key is allowed.
+   */
+  put(
+    key: string,
+    body: Readable,
+    meta: { contentType: string; expectedBytes?: number },
+  ): Promise<BlobInfo>;
+  head(key: string): Promise<BlobInfo | null>;
+  /** Streams the object (optionally a byte range, inclusive); null when missing. */
+  get(
+    key: string,
+    range?: { start: number; end: number },
+  ): Promise<(BlobInfo & { body: Readable }) | null>;
+  /** A URL anyone may GET until it expires. */
+  signedUrl(key: string, options: { expiresInSeconds: number; filename?: string }): Promise<string>;
+  /** Removes the object; missing keys are fine. */
+  delete(key: string): Promise<void>;
+  ping(): Promise<void>;
+}
+
+// ---------------------------------------------------------------- providers
+
+export interface InputReference {
+  /** A public or data: URL of the reference image. */
+  url?: string;
+  /** Raw image bytes uploaded by the client. */
+  data?: Buffer;
+  contentType?: string;
+}
+
+export interface SubmitInput {
+  /** Our job id, for logs and upstream metadata. */
+  jobId: string;
+  upstreamModel: string;
+  prompt: string;
+  seconds: number;
+  size: string;
+  inputReference?: InputReference;
+  /** Upstream id of the video to remix, when the provider supports remixing. */
+  remixOfProviderJobId?: string;
+}
+
+export interface ProviderJobStatus {
+  state: JobState;
+  progress: number;
+  /** The upstream's own status word. */
+  providerStatus: string;
+  error?: JobError;
+}
+
+export interface ProviderDownload {
+  body: Readable;
+  contentType: string;
+  /** Length announced by the upstream, if any; used to detect truncation. */
+  bytes?: number;
+}
+
+export interface VideoProvider {
+  readonly id: string;
+  readonly capabilities: {
+    remix: boolean;
+    inputReference: boolean;
+    /** Resubmitting a job whose submit outcome is unknown cannot bill twice. */
+    idempotentSubmit: boolean;
+  };
+  /** Starts an upstream job. Throws ProviderError (with `certain`) on failure. */
+  submit(input: SubmitInput): Promise<{ providerJobId: string }>;
+  status(providerJobId: string): Promise<ProviderJobStatus>;
+  /** Streams a finished variant; null when the upstream has no such variant. */
+  download(providerJobId: string, variant: VideoVariant): Promise<ProviderDownload | null>;
+  cancel?(providerJobId: string): Promise<void>;
+}

@@ -1,0 +1,61 @@
+import { randomUUID } from 'node:crypto';
+import cors from '@fastify/cors';
+import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
+import Fastify, { type FastifyBaseLogger, type FastifyInstance } from 'fastify';
+import type { Services } from '../services.ts';
+import { AppError } from '../core/errors.ts';
+import { prepareErrorReply, presentSeedError, toAppError } from './errors.ts';
+import { filesRoutes } from './routes/files.ts';
+import { seedRoutes } from './routes/seed/video.ts';
+
+const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
+
+/** The whole HTTP surface, without listening: servers, Lambda and tests share it. */
+export async function buildApp(services: Services): Promise<FastifyInstance> {
+  const app = Fastify({
+    loggerInstance: services.logger as FastifyBaseLogger,
+    requestIdHeader: false,
+    genReqId: (req) => {
+      const incoming = req.headers['x-request-id'];
+      return typeof incoming === 'string' && REQUEST_ID.test(incoming) ? incoming : randomUUID();
+    },
+    bodyLimit: 1024 * 1024,
+    trustProxy: true,
+  }).withTypeProvider<TypeBoxTypeProvider>();
+
+  app.decorateRequest('caller', null);
+  app.addHook('onRequest', async (request, reply) => {
+    reply.header('x-request-id', request.id);
+  });
+
+  await app.register(cors, {
+    origin: services.config.corsOrigins === '*' ? '*' : services.config.corsOrigins,
+    methods: ['GET', 'HEAD', 'POST', 'DELETE', 'OPTIONS'],
+    allowedHeaders: ['content-type', 'x-api-key', 'authorization', 'idempotency-key', 'x-request-id'],
+    exposedHeaders: [
+      'x-request-id',
+      'retry-after',
+      'ratelimit-limit',
+      'ratelimit-remaining',
+      'ratelimit-reset',
+      'idempotent-replayed',
+      'content-range',
+      'accept-ranges',
+    ],
+    maxAge: 600,
+  });
+
+  app.setErrorHandler((error, request, reply) => {
+    const appError = toAppError(error);
+    const statusCode = prepareErrorReply(appError, request, reply);
+    return reply.code(statusCode).send(presentSeedError(appError).body);
+  });
+  app.setNotFoundHandler((request, reply) => {
+    const error = new AppError('not_found', `Route not found: ${request.method} ${request.url.split('?')[0]}`);
+    return reply.code(404).send(presentSeedError(error).body);
+  });
+
+  await app.register(seedRoutes(services));
+  if (services.fileServer) await app.register(filesRoutes(services.fileServer));
+  return app;
+}

@@ -1,0 +1,129 @@
+import { randomBytes } from 'node:crypto';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { type Logger, pino } from 'pino';
+import { FsBlobStore } from './blobs/fs/fs-blob-store.ts';
+import type { Config } from './config.ts';
+import { Access } from './core/access.ts';
+import { Accounts } from './core/accounts.ts';
+import { Catalog } from './core/catalog.ts';
+import { JobPipeline } from './core/pipeline.ts';
+import type { BlobStore, Clock, Store, VideoProvider } from './core/ports.ts';
+import { VideoService } from './core/videos.ts';
+import { defaultAssetsDir, SimulatedProvider } from './providers/simulated/simulated-provider.ts';
+import { createSqliteStore } from './stores/sqlite/sqlite-store.ts';
+
+export interface Services {
+  config: Config;
+  clock: Clock;
+  logger: Logger;
+  store: Store;
+  blobs: BlobStore;
+  /** Set when files are served by this gateway (local disk) rather than by S3. */
+  fileServer: FsBlobStore | null;
+  catalog: Catalog;
+  providers: ReadonlyMap<string, VideoProvider>;
+  access: Access;
+  accounts: Accounts;
+  pipeline: JobPipeline;
+  videos: VideoService;
+  close(): Promise<void>;
+}
+
+export const systemClock: Clock = { now: () => Date.now() };
+
+/** The only place adapters are chosen. */
+export function createServices(
+  config: Config,
+  overrides: { clock?: Clock; logger?: Logger; providers?: VideoProvider[] } = {},
+): Services {
+  const clock = overrides.clock ?? systemClock;
+  const logger = overrides.logger ?? pino({ level: config.logLevel });
+  mkdirSync(config.dataDir, { recursive: true });
+
+  const catalog = Catalog.load(config.catalogPath);
+  const store = createSqliteStore({ path: config.sqlitePath });
+  const fileServer = new FsBlobStore({
+    dir: join(config.dataDir, 'blobs'),
+    publicBaseUrl: config.publicUrl,
+    secret: config.signingSecret ?? persistentSecret(config.dataDir),
+    clock,
+  });
+  const blobs: BlobStore = fileServer;
+
+  const providerList = overrides.providers ?? [
+    new SimulatedProvider({
+      clock,
+      durationMs: config.simulatedSeconds * 1000,
+      assetsDir: defaultAssetsDir(),
+    }),
+  ];
+  const providers = new Map(providerList.map((p) => [p.id, p]));
+  for (const model of catalog.models.values()) {
+    for (const route of model.routes) {
+      if (!providers.has(route.provider)) {
+        logger.warn({ model: model.id, provider: route.provider }, 'catalog route names a provider that is not configured');
+      }
+    }
+  }
+
+  const pipeline = new JobPipeline({
+    store,
+    blobs,
+    providers,
+    clock,
+    logger,
+    options: {
+      pollIntervalMs: config.jobs.pollIntervalMs,
+      leaseMs: config.jobs.leaseMs,
+      jobDeadlineMs: config.jobs.deadlineMs,
+      maxCheckFailures: config.jobs.maxCheckFailures,
+      maxBackoffMs: config.jobs.maxBackoffMs,
+    },
+  });
+  const videos = new VideoService({
+    store,
+    blobs,
+    catalog,
+    providers,
+    pipeline,
+    clock,
+    options: {
+      pollIntervalMs: config.jobs.pollIntervalMs,
+      submitTimeoutMs: config.jobs.submitTimeoutMs,
+      urlTtlSeconds: config.urlTtlSeconds,
+    },
+  });
+
+  return {
+    config,
+    clock,
+    logger,
+    store,
+    blobs,
+    fileServer,
+    catalog,
+    providers,
+    access: new Access(store, catalog, clock),
+    accounts: new Accounts(store, catalog, clock),
+    pipeline,
+    videos,
+    close: () => store.close(),
+  };
+}
+
+/** Keeps signed URLs valid across restarts without asking the operator for a secret. */
+function persistentSecret(dataDir: string): string {
+  const path = join(dataDir, 'signing-secret');
+  try {
+    return readFileSync(path, 'utf8').trim();
+  } catch {
+    try {
+      writeFileSync(path, `${randomBytes(32).toString('base64url')}\n`, { mode: 0o600, flag: 'wx' });
+    } catch (error) {
+      // Another process (the CLI beside the server) created it first: use theirs.
+      if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error;
+    }
+    return readFileSync(path, 'utf8').trim();
+  }
+}
