@@ -83,7 +83,13 @@ export function loadConfig(env: Env = process.env): Config {
     catalogPath: resolve(env.REELPOSTLY_CATALOG || DEFAULT_CATALOG_PATH),
     simulatedSeconds: int(env, 'REELPOSTLY_SIMULATED_SECONDS', 8),
     urlTtlSeconds: int(env, 'REELPOSTLY_URL_TTL_SECONDS', 7 * 24 * 3600, 1),
-    corsOrigins: origins === '*' ? '*' : origins.split(',').map((o) => o.trim()).filter(Boolean),
+    corsOrigins:
+      origins === '*'
+        ? '*'
+        : origins
+            .split(',')
+            .map((o) => o.trim())
+            .filter(Boolean),
     logLevel: env.LOG_LEVEL || 'info',
     idempotencyTtlSeconds: int(env, 'REELPOSTLY_IDEMPOTENCY_TTL_SECONDS', 24 * 3600, 1),
     demo: bool(env, 'REELPOSTLY_DEMO', true),

@@ -62,7 +62,10 @@ export function createServices(
   for (const model of catalog.models.values()) {
     for (const route of model.routes) {
       if (!providers.has(route.provider)) {
-        logger.warn({ model: model.id, provider: route.provider }, 'catalog route names a provider that is not configured');
+        logger.warn(
+          { model: model.id, provider: route.provider },
+          'catalog route names a provider that is not configured',
+        );
       }
     }
   }
@@ -119,7 +122,10 @@ function persistentSecret(dataDir: string): string {
     return readFileSync(path, 'utf8').trim();
   } catch {
     try {
-      writeFileSync(path, `${randomBytes(32).toString('base64url')}\n`, { mode: 0o600, flag: 'wx' });
+      writeFileSync(path, `${randomBytes(32).toString('base64url')}\n`, {
+        mode: 0o600,
+        flag: 'wx',
+      });
     } catch (error) {
       // Another process (the CLI beside the server) created it first: use theirs.
       if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error;

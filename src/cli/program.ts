@@ -13,8 +13,14 @@ type Row = Record<string, string | number | null | undefined>;
 export function formatTable(rows: Row[], columns: string[]): string {
   if (rows.length === 0) return '(none)';
   const cells = rows.map((row) => columns.map((c) => String(row[c] ?? '-')));
-  const widths = columns.map((c, i) => Math.max(c.length, ...cells.map((r) => (r[i] as string).length)));
-  const line = (values: string[]) => values.map((v, i) => v.padEnd(widths[i] as number)).join('  ').trimEnd();
+  const widths = columns.map((c, i) =>
+    Math.max(c.length, ...cells.map((r) => (r[i] as string).length)),
+  );
+  const line = (values: string[]) =>
+    values
+      .map((v, i) => v.padEnd(widths[i] as number))
+      .join('  ')
+      .trimEnd();
   return [line(columns.map((c) => c.toUpperCase())), ...cells.map(line)].join('\n');
 }
 
@@ -29,7 +35,12 @@ function integer(value: string): number {
 }
 
 function keyRow(key: ApiKey): Row {
-  const state = key.revokedAt !== null ? 'revoked' : key.expiresAt !== null && key.expiresAt <= Date.now() ? 'expired' : 'active';
+  const state =
+    key.revokedAt !== null
+      ? 'revoked'
+      : key.expiresAt !== null && key.expiresAt <= Date.now()
+        ? 'expired'
+        : 'active';
   return {
     keyId: key.keyId,
     name: key.name,
@@ -47,11 +58,24 @@ function publicKey(key: ApiKey): Omit<ApiKey, 'hash'> {
 }
 
 function tenantRow(t: Tenant): Row {
-  return { tenantId: t.tenantId, email: t.email, plan: t.planId, status: t.status, created: iso(t.createdAt) };
+  return {
+    tenantId: t.tenantId,
+    email: t.email,
+    plan: t.planId,
+    status: t.status,
+    created: iso(t.createdAt),
+  };
 }
 
 function ledgerRow(e: LedgerEntry): Row {
-  return { at: iso(e.createdAt), kind: e.kind, amount: e.amount, balance: e.balanceAfter, job: e.jobId, reason: e.reason };
+  return {
+    at: iso(e.createdAt),
+    kind: e.kind,
+    amount: e.amount,
+    balance: e.balanceAfter,
+    job: e.jobId,
+    reason: e.reason,
+  };
 }
 
 function jobRow(j: Job): Row {
@@ -84,7 +108,10 @@ export function buildProgram(options: {
     .description('ReelPostly video API gateway: server and operator commands')
     .showHelpAfterError();
 
-  program.command('serve').description('Run the gateway (HTTP API and job worker)').action(options.serve);
+  program
+    .command('serve')
+    .description('Run the gateway (HTTP API and job worker)')
+    .action(options.serve);
 
   program
     .command('migrate')
@@ -108,12 +135,15 @@ export function buildProgram(options: {
           credits: o.credits,
           ...(o.id ? { tenantId: o.id } : {}),
         });
-        print(o.json, { ...tenant, credits: balance, apiKey: apiKey.plaintext, keyId: apiKey.key.keyId }, () =>
-          [
-            `Tenant ${tenant.tenantId} (${tenant.email}, plan ${tenant.planId}) created with ${balance} credits.`,
-            `API key: ${apiKey.plaintext}`,
-            'Store it now: it is not shown again.',
-          ].join('\n'),
+        print(
+          o.json,
+          { ...tenant, credits: balance, apiKey: apiKey.plaintext, keyId: apiKey.key.keyId },
+          () =>
+            [
+              `Tenant ${tenant.tenantId} (${tenant.email}, plan ${tenant.planId}) created with ${balance} credits.`,
+              `API key: ${apiKey.plaintext}`,
+              'Store it now: it is not shown again.',
+            ].join('\n'),
         );
       }),
     );
@@ -130,7 +160,9 @@ export function buildProgram(options: {
           all.push(...page.items);
           after = page.next ?? undefined;
         } while (after);
-        print(o.json, all, () => formatTable(all.map(tenantRow), ['tenantId', 'email', 'plan', 'status', 'created']));
+        print(o.json, all, () =>
+          formatTable(all.map(tenantRow), ['tenantId', 'email', 'plan', 'status', 'created']),
+        );
       }),
     );
   tenants
@@ -145,16 +177,25 @@ export function buildProgram(options: {
         const period = quotaPeriod(s.clock.now());
         const plan = s.catalog.plan(tenant.planId);
         const usage = await Promise.all(
-          keys.map(async (k) => ({ keyId: k.keyId, requests: await s.store.getQuotaUsage(`key:${k.keyId}`, period) })),
+          keys.map(async (k) => ({
+            keyId: k.keyId,
+            requests: await s.store.getQuotaUsage(`key:${k.keyId}`, period),
+          })),
         );
         print(o.json, { ...tenant, credits, plan, period, usage, keys: keys.map(publicKey) }, () =>
           [
-            formatTable([{ ...tenantRow(tenant), credits }], ['tenantId', 'email', 'plan', 'status', 'credits', 'created']),
+            formatTable(
+              [{ ...tenantRow(tenant), credits }],
+              ['tenantId', 'email', 'plan', 'status', 'credits', 'created'],
+            ),
             '',
             `Plan ${plan.planId}: ${plan.ratePerSecond} req/s, burst ${plan.burst}, ${plan.monthlyQuota} requests/month per key`,
             '',
             formatTable(
-              keys.map((k) => ({ ...keyRow(k), [`used ${period}`]: usage.find((u) => u.keyId === k.keyId)?.requests ?? 0 })),
+              keys.map((k) => ({
+                ...keyRow(k),
+                [`used ${period}`]: usage.find((u) => u.keyId === k.keyId)?.requests ?? 0,
+              })),
               ['keyId', 'name', 'prefix', 'state', `used ${period}`, 'lastUsed'],
             ),
           ].join('\n'),
@@ -195,10 +236,18 @@ export function buildProgram(options: {
     .option('--json', 'print JSON')
     .action((tenantId: string, o: { name: string; expiresInDays?: number; json?: boolean }) =>
       withServices(async (s) => {
-        const expiresAt = o.expiresInDays === undefined ? null : s.clock.now() + o.expiresInDays * 86_400_000;
-        const { key, plaintext } = await s.accounts.createKey(tenantId, { name: o.name, expiresAt });
+        const expiresAt =
+          o.expiresInDays === undefined ? null : s.clock.now() + o.expiresInDays * 86_400_000;
+        const { key, plaintext } = await s.accounts.createKey(tenantId, {
+          name: o.name,
+          expiresAt,
+        });
         print(o.json, { ...publicKey(key), apiKey: plaintext }, () =>
-          [`Key ${key.keyId} (${key.name}) for ${tenantId}:`, `API key: ${plaintext}`, 'Store it now: it is not shown again.'].join('\n'),
+          [
+            `Key ${key.keyId} (${key.name}) for ${tenantId}:`,
+            `API key: ${plaintext}`,
+            'Store it now: it is not shown again.',
+          ].join('\n'),
         );
       }),
     );
@@ -210,7 +259,15 @@ export function buildProgram(options: {
       withServices(async (s) => {
         const list = await s.accounts.listKeys(tenantId);
         print(o.json, list.map(publicKey), () =>
-          formatTable(list.map(keyRow), ['keyId', 'name', 'prefix', 'state', 'created', 'lastUsed', 'expires']),
+          formatTable(list.map(keyRow), [
+            'keyId',
+            'name',
+            'prefix',
+            'state',
+            'created',
+            'lastUsed',
+            'expires',
+          ]),
         );
       }),
     );
@@ -233,8 +290,17 @@ export function buildProgram(options: {
     .option('--json', 'print JSON')
     .action((tenantId: string, amount: string, o: { reason?: string; json?: boolean }) =>
       withServices(async (s) => {
-        const result = await s.accounts.addCredits(tenantId, integer(amount), o.reason ? { reason: o.reason } : {});
-        print(o.json, result, () => `${tenantId}: ${result.entry.amount > 0 ? '+' : ''}${result.entry.amount} credits, balance ${result.balance}.`);
+        const result = await s.accounts.addCredits(
+          tenantId,
+          integer(amount),
+          o.reason ? { reason: o.reason } : {},
+        );
+        print(
+          o.json,
+          result,
+          () =>
+            `${tenantId}: ${result.entry.amount > 0 ? '+' : ''}${result.entry.amount} credits, balance ${result.balance}.`,
+        );
       }),
     );
   credits
@@ -255,10 +321,20 @@ export function buildProgram(options: {
     .option('--json', 'print JSON')
     .action((tenantId: string, o: { limit: number; after?: string; json?: boolean }) =>
       withServices(async (s) => {
-        const page = await s.accounts.ledger(tenantId, { limit: o.limit, ...(o.after ? { after: o.after } : {}) });
+        const page = await s.accounts.ledger(tenantId, {
+          limit: o.limit,
+          ...(o.after ? { after: o.after } : {}),
+        });
         print(o.json, page, () =>
           [
-            formatTable(page.items.map(ledgerRow), ['at', 'kind', 'amount', 'balance', 'job', 'reason']),
+            formatTable(page.items.map(ledgerRow), [
+              'at',
+              'kind',
+              'amount',
+              'balance',
+              'job',
+              'reason',
+            ]),
             ...(page.next ? [`More: --after ${page.next}`] : []),
           ].join('\n'),
         );
@@ -275,9 +351,22 @@ export function buildProgram(options: {
     .option('--json', 'print JSON')
     .action((o: { tenant?: string; limit: number; json?: boolean }) =>
       withServices(async (s) => {
-        const page = await s.store.listJobs({ limit: o.limit, order: 'desc', ...(o.tenant ? { tenantId: o.tenant } : {}) });
+        const page = await s.store.listJobs({
+          limit: o.limit,
+          order: 'desc',
+          ...(o.tenant ? { tenantId: o.tenant } : {}),
+        });
         print(o.json, page.items, () =>
-          formatTable(page.items.map(jobRow), ['videoId', 'tenant', 'model', 'state', 'progress', 'cost', 'created', 'error']),
+          formatTable(page.items.map(jobRow), [
+            'videoId',
+            'tenant',
+            'model',
+            'state',
+            'progress',
+            'cost',
+            'created',
+            'error',
+          ]),
         );
       }),
     );

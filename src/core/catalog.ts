@@ -64,7 +64,9 @@ export class Catalog {
         `Invalid catalog: ${first ? `${first.instancePath || '/'} ${first.message}` : 'bad shape'}`,
       );
     }
-    this.plans = new Map(Object.entries(data.plans).map(([planId, p]) => [planId, { ...p, planId }]));
+    this.plans = new Map(
+      Object.entries(data.plans).map(([planId, p]) => [planId, { ...p, planId }]),
+    );
     this.models = new Map(Object.entries(data.models).map(([id, m]) => [id, { ...m, id }]));
     this.defaults = data.defaults;
     if (!this.models.has(data.defaults.model)) {

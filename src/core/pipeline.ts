@@ -86,7 +86,11 @@ export class JobPipeline {
   async advance(jobId: string): Promise<Job | null> {
     const { store, clock, options } = this.deps;
     const owner = newLeaseOwner();
-    const claimed = await store.claimJob(jobId, { owner, leaseMs: options.leaseMs, now: clock.now() });
+    const claimed = await store.claimJob(jobId, {
+      owner,
+      leaseMs: options.leaseMs,
+      now: clock.now(),
+    });
     if (!claimed) return store.getJob(jobId);
     try {
       return await this.step(claimed, owner);
@@ -100,7 +104,10 @@ export class JobPipeline {
     const now = this.deps.clock.now();
     const provider = this.deps.providers.get(job.provider);
     if (!provider) {
-      return this.fail(job, { code: 'provider_unavailable', message: 'The provider serving this job is not configured.' });
+      return this.fail(job, {
+        code: 'provider_unavailable',
+        message: 'The provider serving this job is not configured.',
+      });
     }
     if (now - job.createdAt > this.deps.options.jobDeadlineMs) {
       if (job.providerJobId && provider.cancel) {
@@ -119,7 +126,10 @@ export class JobPipeline {
       return this.checkFailed(job, error, 'status check failed');
     }
     if (status.state === 'failed') {
-      return this.fail(job, status.error ?? { code: 'upstream_error', message: 'The provider failed the job.' });
+      return this.fail(
+        job,
+        status.error ?? { code: 'upstream_error', message: 'The provider failed the job.' },
+      );
     }
     if (status.state !== 'completed') {
       return this.write(job, {
@@ -130,9 +140,14 @@ export class JobPipeline {
         nextCheckAt: now + this.deps.options.pollIntervalMs,
       });
     }
-    const { job: held, result } = await this.keepLease(job, owner, () => this.download(job, provider));
+    const { job: held, result } = await this.keepLease(job, owner, () =>
+      this.download(job, provider),
+    );
     if (result.outcome === 'gone') {
-      return this.fail(held, { code: 'asset_unavailable', message: 'The provider no longer has the finished video.' });
+      return this.fail(held, {
+        code: 'asset_unavailable',
+        message: 'The provider no longer has the finished video.',
+      });
     }
     if (result.outcome === 'retry') return this.checkFailed(held, result.error, 'download failed');
     const done = await this.write(held, {
@@ -153,18 +168,31 @@ export class JobPipeline {
    * within one lease period yet a slow, healthy download is never taken over.
    * Returns the job at the version the renewals left it.
    */
-  private async keepLease<T>(job: Job, owner: string, work: () => Promise<T>): Promise<{ job: Job; result: T }> {
+  private async keepLease<T>(
+    job: Job,
+    owner: string,
+    work: () => Promise<T>,
+  ): Promise<{ job: Job; result: T }> {
     const { store, clock, options } = this.deps;
     let current = job;
     let renewing = Promise.resolve();
-    const timer = setInterval(() => {
-      renewing = renewing
-        .then(async () => {
-          const renewed = await store.claimJob(job.jobId, { owner, leaseMs: options.leaseMs, now: clock.now() });
-          if (renewed) current = renewed;
-        })
-        .catch((error: unknown) => this.deps.logger.warn({ jobId: job.jobId, err: error }, 'lease renewal failed'));
-    }, Math.max(50, Math.floor(options.leaseMs / 3)));
+    const timer = setInterval(
+      () => {
+        renewing = renewing
+          .then(async () => {
+            const renewed = await store.claimJob(job.jobId, {
+              owner,
+              leaseMs: options.leaseMs,
+              now: clock.now(),
+            });
+            if (renewed) current = renewed;
+          })
+          .catch((error: unknown) =>
+            this.deps.logger.warn({ jobId: job.jobId, err: error }, 'lease renewal failed'),
+          );
+      },
+      Math.max(50, Math.floor(options.leaseMs / 3)),
+    );
     try {
       const result = await work();
       return { job: current, result };
@@ -248,12 +276,18 @@ export class JobPipeline {
     const failures = job.checkFailures + 1;
     this.deps.logger.warn({ jobId: job.jobId, failures, err: error }, what);
     if (failures >= this.deps.options.maxCheckFailures) {
-      return this.fail(job, { code: 'upstream_error', message: `The provider kept failing (${what}).` });
+      return this.fail(job, {
+        code: 'upstream_error',
+        message: `The provider kept failing (${what}).`,
+      });
     }
     const { pollIntervalMs, maxBackoffMs } = this.deps.options;
     const backoff = Math.min(maxBackoffMs, pollIntervalMs * 2 ** failures);
     const jittered = Math.round(backoff * (0.5 + Math.random()));
-    return this.write(job, { checkFailures: failures, nextCheckAt: this.deps.clock.now() + jittered });
+    return this.write(job, {
+      checkFailures: failures,
+      nextCheckAt: this.deps.clock.now() + jittered,
+    });
   }
 
   /** Ends the job as failed and refunds it in the same atomic write. */
@@ -272,7 +306,10 @@ export class JobPipeline {
       },
       { expectVersion: job.version, ledger: refundEntry(job, `job failed: ${error.code}`, now) },
     );
-    this.deps.logger.info({ jobId: job.jobId, code: error.code, refunded: job.cost }, 'job failed, credits refunded');
+    this.deps.logger.info(
+      { jobId: job.jobId, code: error.code, refunded: job.cost },
+      'job failed, credits refunded',
+    );
     return failed;
   }
 
@@ -287,6 +324,7 @@ export class JobPipeline {
 }
 
 export function assertJobOwner(job: Job | null, tenantId: string, jobId: string): Job {
-  if (!job || job.tenantId !== tenantId) throw new AppError('not_found', `Video not found: ${jobId}`);
+  if (!job || job.tenantId !== tenantId)
+    throw new AppError('not_found', `Video not found: ${jobId}`);
   return job;
 }

@@ -108,7 +108,10 @@ export interface CreditLedger {
   /** Current balance; 0 for a tenant that never had an entry. */
   getBalance(tenantId: string): Promise<number>;
   /** Entries oldest first; `after` is the cursor of a previous page. */
-  listEntries(tenantId: string, options: { after?: string; limit: number }): Promise<Page<LedgerEntry>>;
+  listEntries(
+    tenantId: string,
+    options: { after?: string; limit: number },
+  ): Promise<Page<LedgerEntry>>;
 }
 
 // ---------------------------------------------------------------- jobs
@@ -213,7 +216,10 @@ export interface JobStore {
    * Takes the job's lease for `owner` if it is free, expired or already `owner`'s,
    * and the job has not ended. Returns the leased job (version bumped), or null.
    */
-  claimJob(jobId: string, options: { owner: string; leaseMs: number; now: number }): Promise<Job | null>;
+  claimJob(
+    jobId: string,
+    options: { owner: string; leaseMs: number; now: number },
+  ): Promise<Job | null>;
   /** Unfinished jobs whose nextCheckAt <= now, soonest first. */
   listDueJobs(options: { now: number; limit: number }): Promise<Job[]>;
 }

@@ -61,9 +61,13 @@ export class VideoService {
       throw new AppError('upstream_error', `Model ${resolved.model.id} is not available right now`);
     }
     if (input.inputReference && !provider.capabilities.inputReference) {
-      throw new AppError('validation_error', `Model ${resolved.model.id} does not accept input_reference`, {
-        param: 'input_reference',
-      });
+      throw new AppError(
+        'validation_error',
+        `Model ${resolved.model.id} does not accept input_reference`,
+        {
+          param: 'input_reference',
+        },
+      );
     }
     const now = clock.now();
     const jobId = newVideoId();
@@ -120,7 +124,8 @@ export class VideoService {
         ...(input.inputReference ? { inputReference: input.inputReference } : {}),
       }));
     } catch (error) {
-      const message = error instanceof ProviderError ? error.message : 'The provider could not be reached';
+      const message =
+        error instanceof ProviderError ? error.message : 'The provider could not be reached';
       const failed = await pipeline.fail(job, { code: 'upstream_error', message });
       const refunded = await store.getBalance(input.tenantId);
       throw new AppError('upstream_error', `${message}. Credits refunded.`, {
@@ -179,12 +184,18 @@ function validatePrompt(prompt: string | undefined): string {
     throw new AppError('validation_error', 'Missing required field: prompt', { param: 'prompt' });
   }
   if (typeof prompt !== 'string' || prompt.trim() === '') {
-    throw new AppError('validation_error', 'Field prompt must be a non-empty string', { param: 'prompt' });
-  }
-  if (prompt.length > MAX_PROMPT_LENGTH) {
-    throw new AppError('validation_error', `Field prompt must be at most ${MAX_PROMPT_LENGTH} characters`, {
+    throw new AppError('validation_error', 'Field prompt must be a non-empty string', {
       param: 'prompt',
     });
+  }
+  if (prompt.length > MAX_PROMPT_LENGTH) {
+    throw new AppError(
+      'validation_error',
+      `Field prompt must be at most ${MAX_PROMPT_LENGTH} characters`,
+      {
+        param: 'prompt',
+      },
+    );
   }
   return prompt;
 }

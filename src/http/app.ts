@@ -2,8 +2,8 @@ import { randomUUID } from 'node:crypto';
 import cors from '@fastify/cors';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import Fastify, { type FastifyBaseLogger, type FastifyInstance } from 'fastify';
-import type { Services } from '../services.ts';
 import { AppError } from '../core/errors.ts';
+import type { Services } from '../services.ts';
 import { prepareErrorReply, presentSeedError, toAppError } from './errors.ts';
 import { filesRoutes } from './routes/files.ts';
 import { seedRoutes } from './routes/seed/video.ts';
@@ -31,7 +31,13 @@ export async function buildApp(services: Services): Promise<FastifyInstance> {
   await app.register(cors, {
     origin: services.config.corsOrigins === '*' ? '*' : services.config.corsOrigins,
     methods: ['GET', 'HEAD', 'POST', 'DELETE', 'OPTIONS'],
-    allowedHeaders: ['content-type', 'x-api-key', 'authorization', 'idempotency-key', 'x-request-id'],
+    allowedHeaders: [
+      'content-type',
+      'x-api-key',
+      'authorization',
+      'idempotency-key',
+      'x-request-id',
+    ],
     exposedHeaders: [
       'x-request-id',
       'retry-after',
@@ -51,7 +57,10 @@ export async function buildApp(services: Services): Promise<FastifyInstance> {
     return reply.code(statusCode).send(presentSeedError(appError).body);
   });
   app.setNotFoundHandler((request, reply) => {
-    const error = new AppError('not_found', `Route not found: ${request.method} ${request.url.split('?')[0]}`);
+    const error = new AppError(
+      'not_found',
+      `Route not found: ${request.method} ${request.url.split('?')[0]}`,
+    );
     return reply.code(404).send(presentSeedError(error).body);
   });
 

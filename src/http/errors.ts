@@ -47,14 +47,23 @@ export function toAppError(error: unknown): AppError {
     const field = first?.instancePath.replace(/^\//, '').replaceAll('/', '.');
     if (first?.keyword === 'required') {
       const missing = String((first.params as { missingProperty?: string }).missingProperty);
-      return new AppError('validation_error', `Missing required field: ${missing}`, { param: missing });
+      return new AppError('validation_error', `Missing required field: ${missing}`, {
+        param: missing,
+      });
     }
     if (!field) {
-      return new AppError('validation_error', `Request ${fastifyError.validationContext ?? 'body'} ${first?.message ?? 'is invalid'}`);
+      return new AppError(
+        'validation_error',
+        `Request ${fastifyError.validationContext ?? 'body'} ${first?.message ?? 'is invalid'}`,
+      );
     }
-    return new AppError('validation_error', `Invalid field ${field}: ${first?.message ?? 'invalid'}`, {
-      param: field,
-    });
+    return new AppError(
+      'validation_error',
+      `Invalid field ${field}: ${first?.message ?? 'invalid'}`,
+      {
+        param: field,
+      },
+    );
   }
   const status = fastifyError.statusCode;
   if (status !== undefined && status >= 400 && status < 500) {
@@ -73,7 +82,11 @@ export function rateLimitHeaders(reply: FastifyReply, rate: RateDecision): void 
 }
 
 /** Status, headers and logging common to both surfaces. */
-export function prepareErrorReply(error: AppError, request: FastifyRequest, reply: FastifyReply): number {
+export function prepareErrorReply(
+  error: AppError,
+  request: FastifyRequest,
+  reply: FastifyReply,
+): number {
   const statusCode = statusOf(error);
   const retryAfterMs = error.details.retryAfterMs;
   if (typeof retryAfterMs === 'number') {

@@ -27,7 +27,10 @@ export async function idempotent(
   const key = Array.isArray(header) ? header[0] : header;
   if (key === undefined) return send(reply, await handler.run());
   if (key.length === 0 || key.length > MAX_KEY_LENGTH) {
-    throw new AppError('validation_error', `Idempotency-Key must be 1 to ${MAX_KEY_LENGTH} characters`);
+    throw new AppError(
+      'validation_error',
+      `Idempotency-Key must be 1 to ${MAX_KEY_LENGTH} characters`,
+    );
   }
   const ref = { scope: callerOf(request).tenant.tenantId, key };
   const begin = await services.store.beginIdempotent(ref, {
@@ -40,10 +43,16 @@ export async function idempotent(
     return send(reply, begin.response);
   }
   if (begin.outcome === 'conflict') {
-    throw new AppError('idempotency_conflict', 'Idempotency-Key was already used with a different request');
+    throw new AppError(
+      'idempotency_conflict',
+      'Idempotency-Key was already used with a different request',
+    );
   }
   if (begin.outcome === 'in_progress') {
-    throw new AppError('idempotency_in_progress', 'A request with this Idempotency-Key is still in progress');
+    throw new AppError(
+      'idempotency_in_progress',
+      'A request with this Idempotency-Key is still in progress',
+    );
   }
   let presented: Presented;
   try {

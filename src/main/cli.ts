@@ -12,7 +12,9 @@ const program = buildProgram({
   },
   withServices: async <T>(fn: (services: Services) => Promise<T>): Promise<T> => {
     const config = loadConfig();
-    const services = createServices(config, { logger: pino({ level: 'warn' }, pino.destination(2)) });
+    const services = createServices(config, {
+      logger: pino({ level: 'warn' }, pino.destination(2)),
+    });
     try {
       await services.store.migrate();
       return await fn(services);

@@ -78,7 +78,9 @@ if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) 
   try {
     await startServer(loadConfig());
   } catch (error) {
-    process.stderr.write(`${error instanceof ConfigError ? error.message : (error as Error).stack}\n`);
+    process.stderr.write(
+      `${error instanceof ConfigError ? error.message : (error as Error).stack}\n`,
+    );
     process.exit(1);
   }
 }

@@ -45,8 +45,12 @@ export function filesRoutes(files: FsBlobStore): FastifyPluginAsyncTypebox {
       async (request, reply) => {
         const key = (request.params as { '*': string })['*'];
         const verdict = files.verifySignature(key, request.query);
-        if (verdict === 'expired') throw new AppError('validation_error', 'URL expired', { details: { statusCode: 403 } });
-        if (verdict !== 'ok') throw new AppError('validation_error', 'Invalid signature', { details: { statusCode: 403 } });
+        if (verdict === 'expired')
+          throw new AppError('validation_error', 'URL expired', { details: { statusCode: 403 } });
+        if (verdict !== 'ok')
+          throw new AppError('validation_error', 'Invalid signature', {
+            details: { statusCode: 403 },
+          });
 
         const info = await files.head(key);
         if (!info) throw new AppError('not_found', 'File not found');
@@ -55,10 +59,16 @@ export function filesRoutes(files: FsBlobStore): FastifyPluginAsyncTypebox {
         reply.header('Content-Type', info.contentType);
         reply.header('Cache-Control', 'private, max-age=3600');
         const filename = request.query.filename;
-        if (filename) reply.header('Content-Disposition', `inline; filename="${filename.replace(/[^\w.-]/g, '_')}"`);
+        if (filename)
+          reply.header(
+            'Content-Disposition',
+            `inline; filename="${filename.replace(/[^\w.-]/g, '_')}"`,
+          );
         if (range === 'unsatisfiable') {
           reply.header('Content-Range', `bytes */${info.bytes}`);
-          throw new AppError('validation_error', 'Range not satisfiable', { details: { statusCode: 416 } });
+          throw new AppError('validation_error', 'Range not satisfiable', {
+            details: { statusCode: 416 },
+          });
         }
         const object = await files.get(key, range ?? undefined);
         if (!object) throw new AppError('not_found', 'File not found');

@@ -7,9 +7,16 @@ import { idempotent } from '../../idempotency.ts';
 
 const GenerateBody = Type.Object(
   {
-    prompt: Type.String({ description: 'Describe your video scene', examples: ['Tea farms at sunrise, cinematic'] }),
-    model: Type.Optional(Type.String({ description: 'Public model id from the catalog', examples: ['sora-2'] })),
-    seconds: Type.Optional(Type.Integer({ description: 'Length in seconds (4, 8 or 12 by default)', examples: [8] })),
+    prompt: Type.String({
+      description: 'Describe your video scene',
+      examples: ['Tea farms at sunrise, cinematic'],
+    }),
+    model: Type.Optional(
+      Type.String({ description: 'Public model id from the catalog', examples: ['sora-2'] }),
+    ),
+    seconds: Type.Optional(
+      Type.Integer({ description: 'Length in seconds (4, 8 or 12 by default)', examples: [8] }),
+    ),
     size: Type.Optional(Type.String({ description: 'WIDTHxHEIGHT', examples: ['1280x720'] })),
   },
   { additionalProperties: true },
