@@ -250,6 +250,16 @@ export class JobPipeline {
         message: 'The submission to the provider was interrupted; the job was cancelled.',
       });
     }
+    // A remix must be resubmitted as a remix; its source may have been deleted since.
+    const remixOf = job.remixedFromJobId
+      ? (await this.deps.store.getJob(job.remixedFromJobId))?.providerJobId
+      : undefined;
+    if (job.remixedFromJobId && !remixOf) {
+      return this.fail(job, {
+        code: 'upstream_unknown',
+        message: 'The remix submission was interrupted and its source video is gone.',
+      });
+    }
     try {
       const { providerJobId } = await provider.submit({
         jobId: job.jobId,
@@ -257,6 +267,7 @@ export class JobPipeline {
         prompt: job.prompt,
         seconds: job.seconds,
         size: job.size,
+        ...(remixOf ? { remixOfProviderJobId: remixOf } : {}),
       });
       return this.write(job, {
         providerJobId,

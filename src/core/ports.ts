@@ -222,6 +222,12 @@ export interface JobStore {
   ): Promise<Job | null>;
   /** Unfinished jobs whose nextCheckAt <= now, soonest first. */
   listDueJobs(options: { now: number; limit: number }): Promise<Job[]>;
+  /**
+   * Removes the job record iff its stored version equals `expectVersion` (else AppError
+   * `version_conflict`); AppError `not_found` when there is none. Its ledger entries
+   * stay: money history is append-only. Blobs are the caller's to delete.
+   */
+  deleteJob(jobId: string, options: { expectVersion: number }): Promise<void>;
 }
 
 // ---------------------------------------------------------------- limits

@@ -1,5 +1,5 @@
-import type { Catalog } from './catalog.ts';
-import { AppError, ProviderError } from './errors.ts';
+import type { Catalog, ResolvedRequest } from './catalog.ts';
+import { AppError, isAppError, ProviderError } from './errors.ts';
 import { newVideoId } from './ids.ts';
 import { assertJobOwner, type JobPipeline, newLeaseOwner } from './pipeline.ts';
 import type {
@@ -53,10 +53,9 @@ export class VideoService {
    * surfaces as `upstream_error`.
    */
   async generate(input: GenerateInput): Promise<{ job: Job; balance: number }> {
-    const { store, catalog, providers, clock, pipeline, options } = this.deps;
     const prompt = validatePrompt(input.prompt);
-    const resolved = catalog.resolve(input);
-    const provider = providers.get(resolved.route.provider);
+    const resolved = this.deps.catalog.resolve(input);
+    const provider = this.deps.providers.get(resolved.route.provider);
     if (!provider) {
       throw new AppError('upstream_error', `Model ${resolved.model.id} is not available right now`);
     }
@@ -69,6 +68,75 @@ export class VideoService {
         },
       );
     }
+    return this.start({
+      tenantId: input.tenantId,
+      keyId: input.keyId,
+      prompt,
+      resolved,
+      provider,
+      upstreamModel: resolved.route.upstreamModel,
+      ...(input.inputReference ? { inputReference: input.inputReference } : {}),
+    });
+  }
+
+  /**
+   * A new video from a completed one of the same tenant and a new prompt, charged like
+   * a new video. It runs where the source ran (the upstream remixes its own job), with
+   * the source's model, seconds and size at today's catalog price.
+   */
+  async remix(input: {
+    tenantId: string;
+    keyId: string;
+    sourceJobId: string;
+    prompt: string | undefined;
+  }): Promise<{ job: Job; balance: number }> {
+    const prompt = validatePrompt(input.prompt);
+    const source = assertJobOwner(
+      await this.deps.store.getJob(input.sourceJobId),
+      input.tenantId,
+      input.sourceJobId,
+    );
+    if (source.state !== 'completed' || !source.providerJobId) {
+      throw new AppError(
+        'validation_error',
+        `Video ${source.jobId} is ${source.state}; only completed videos can be remixed`,
+        { details: { code: 'video_not_completed' } },
+      );
+    }
+    const resolved = this.deps.catalog.resolve(source);
+    const provider = this.deps.providers.get(source.provider);
+    if (!provider) {
+      throw new AppError('upstream_error', `Model ${source.model} is not available right now`);
+    }
+    if (!provider.capabilities.remix) {
+      throw new AppError('validation_error', `Model ${source.model} does not support remix`, {
+        details: { code: 'remix_not_supported' },
+      });
+    }
+    return this.start({
+      tenantId: input.tenantId,
+      keyId: input.keyId,
+      prompt,
+      resolved,
+      provider,
+      upstreamModel: source.upstreamModel,
+      remixOf: { jobId: source.jobId, providerJobId: source.providerJobId },
+    });
+  }
+
+  /** Creates and charges the job in one step, then submits it; shared by generate and remix. */
+  private async start(input: {
+    tenantId: string;
+    keyId: string;
+    prompt: string;
+    resolved: ResolvedRequest;
+    provider: VideoProvider;
+    upstreamModel: string;
+    inputReference?: InputReference;
+    remixOf?: { jobId: string; providerJobId: string };
+  }): Promise<{ job: Job; balance: number }> {
+    const { store, clock, pipeline, options } = this.deps;
+    const { resolved, provider, prompt } = input;
     const now = clock.now();
     const jobId = newVideoId();
     // The lease covers the submit: if this process dies mid-submit, the worker finds
@@ -81,7 +149,7 @@ export class VideoService {
         keyId: input.keyId,
         model: resolved.model.id,
         provider: provider.id,
-        upstreamModel: resolved.route.upstreamModel,
+        upstreamModel: input.upstreamModel,
         providerJobId: null,
         prompt,
         seconds: resolved.seconds,
@@ -92,7 +160,7 @@ export class VideoService {
         error: null,
         cost: resolved.cost,
         asset: null,
-        remixedFromJobId: null,
+        remixedFromJobId: input.remixOf?.jobId ?? null,
         createdAt: now,
         updatedAt: now,
         completedAt: null,
@@ -107,7 +175,7 @@ export class VideoService {
         tenantId: input.tenantId,
         kind: 'charge',
         amount: -resolved.cost,
-        reason: `video ${resolved.model.id} ${resolved.seconds}s ${resolved.size}`,
+        reason: `${input.remixOf ? 'remix' : 'video'} ${resolved.model.id} ${resolved.seconds}s ${resolved.size}`,
         jobId,
         createdAt: now,
       },
@@ -122,6 +190,7 @@ export class VideoService {
         seconds: job.seconds,
         size: job.size,
         ...(input.inputReference ? { inputReference: input.inputReference } : {}),
+        ...(input.remixOf ? { remixOfProviderJobId: input.remixOf.providerJobId } : {}),
       }));
     } catch (error) {
       const message =
@@ -166,6 +235,59 @@ export class VideoService {
     options: { after?: string; limit: number; order: 'asc' | 'desc' },
   ): Promise<Page<Job>> {
     return this.deps.store.listJobs({ tenantId, ...options });
+  }
+
+  /**
+   * Deletes an ended (completed or failed) job of the tenant and its stored files, as
+   * OpenAI's API did; unfinished jobs are refused, since the worker still owns them.
+   * The ledger keeps the job's charge and refund.
+   */
+  async delete(tenantId: string, jobId: string): Promise<Job> {
+    const { store, blobs } = this.deps;
+    const job = await this.get(tenantId, jobId);
+    if (job.state !== 'completed' && job.state !== 'failed') {
+      throw new AppError(
+        'validation_error',
+        `Video ${jobId} is ${job.state}; only completed or failed videos can be deleted`,
+        { details: { code: 'video_not_finished' } },
+      );
+    }
+    try {
+      await store.deleteJob(jobId, { expectVersion: job.version });
+    } catch (error) {
+      // A concurrent delete won: to this caller the video is simply gone.
+      if (isAppError(error, 'not_found') || isAppError(error, 'version_conflict')) {
+        throw new AppError('not_found', `Video not found: ${jobId}`);
+      }
+      throw error;
+    }
+    // The row goes first so a crash here leaves only unreachable files, never a
+    // listed video whose content is missing.
+    await Promise.all(Object.values(job.asset?.keys ?? {}).map((key) => blobs.delete(key)));
+    return job;
+  }
+
+  /**
+   * The blob key of a stored variant of the tenant's job. `not_found` (with a code
+   * saying why) while the job has not completed or when the variant was not produced.
+   */
+  async assetKey(tenantId: string, jobId: string, variant: VideoVariant): Promise<string> {
+    const job = await this.get(tenantId, jobId);
+    if (job.state !== 'completed' || !job.asset) {
+      throw new AppError(
+        'not_found',
+        `Video ${jobId} is ${job.state}; its content is available once it has completed`,
+        { details: { code: 'video_not_ready' } },
+      );
+    }
+    const key = job.asset.keys[variant];
+    if (!key) {
+      throw new AppError('not_found', `Video ${jobId} has no ${variant}`, {
+        param: 'variant',
+        details: { code: 'variant_not_available' },
+      });
+    }
+    return key;
   }
 
   /** A signed, expiring URL of a stored variant, or null while there is none. */

@@ -1,17 +1,26 @@
 import { randomUUID } from 'node:crypto';
 import cors from '@fastify/cors';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
-import Fastify, { type FastifyBaseLogger, type FastifyInstance } from 'fastify';
+import Fastify, { type FastifyBaseLogger, type FastifyInstance, type RouteOptions } from 'fastify';
 import { AppError } from '../core/errors.ts';
 import type { Services } from '../services.ts';
 import { prepareErrorReply, presentSeedError, toAppError } from './errors.ts';
+import { registerOpenApi } from './openapi.ts';
 import { filesRoutes } from './routes/files.ts';
 import { seedRoutes } from './routes/seed/video.ts';
+import { isOpenAIPath, openAIRetryHeader, presentOpenAIError } from './routes/v1/errors.ts';
+import { v1Routes } from './routes/v1/routes.ts';
 
 const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
 
-/** The whole HTTP surface, without listening: servers, Lambda and tests share it. */
-export async function buildApp(services: Services): Promise<FastifyInstance> {
+/**
+ * The whole HTTP surface, without listening: servers, Lambda and tests share it.
+ * `onRoute` sees every route as it is added (the OpenAPI test checks each is documented).
+ */
+export async function buildApp(
+  services: Services,
+  options: { onRoute?: (route: RouteOptions) => void } = {},
+): Promise<FastifyInstance> {
   const app = Fastify({
     loggerInstance: services.logger as FastifyBaseLogger,
     requestIdHeader: false,
@@ -23,6 +32,7 @@ export async function buildApp(services: Services): Promise<FastifyInstance> {
     trustProxy: true,
   }).withTypeProvider<TypeBoxTypeProvider>();
 
+  if (options.onRoute) app.addHook('onRoute', options.onRoute);
   app.decorateRequest('caller', null);
   app.addHook('onRequest', async (request, reply) => {
     reply.header('x-request-id', request.id);
@@ -47,24 +57,33 @@ export async function buildApp(services: Services): Promise<FastifyInstance> {
       'idempotent-replayed',
       'content-range',
       'accept-ranges',
+      'openai-poll-after-ms',
+      'x-should-retry',
     ],
     maxAge: 600,
   });
 
+  // One handler, two shapes: /v1 answers as OpenAI did, everything else as the seed.
   app.setErrorHandler((error, request, reply) => {
     const appError = toAppError(error);
     const statusCode = prepareErrorReply(appError, request, reply);
-    return reply.code(statusCode).send(presentSeedError(appError).body);
+    if (!isOpenAIPath(request.url))
+      return reply.code(statusCode).send(presentSeedError(appError).body);
+    openAIRetryHeader(appError, reply);
+    return reply.code(statusCode).send(presentOpenAIError(appError).body);
   });
   app.setNotFoundHandler((request, reply) => {
     const error = new AppError(
       'not_found',
       `Route not found: ${request.method} ${request.url.split('?')[0]}`,
     );
-    return reply.code(404).send(presentSeedError(error).body);
+    const present = isOpenAIPath(request.url) ? presentOpenAIError : presentSeedError;
+    return reply.code(404).send(present(error).body);
   });
 
+  await registerOpenApi(app, services);
   await app.register(seedRoutes(services));
+  await app.register(v1Routes(services), { prefix: '/v1' });
   if (services.fileServer) await app.register(filesRoutes(services.fileServer));
   return app;
 }

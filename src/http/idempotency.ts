@@ -21,6 +21,8 @@ export async function idempotent(
   handler: {
     run: () => Promise<Presented>;
     presentError: (error: AppError) => Presented;
+    /** What else makes the request what it is, beyond its body (e.g. an uploaded file's digest). */
+    fingerprint?: string;
   },
 ): Promise<FastifyReply> {
   const header = request.headers['idempotency-key'];
@@ -34,7 +36,7 @@ export async function idempotent(
   }
   const ref = { scope: callerOf(request).tenant.tenantId, key };
   const begin = await services.store.beginIdempotent(ref, {
-    requestHash: requestHash(request),
+    requestHash: requestHash(request, handler.fingerprint),
     now: services.clock.now(),
     ttlMs: services.config.idempotencyTtlSeconds * 1000,
   });
@@ -74,9 +76,10 @@ function send(reply: FastifyReply, presented: Presented): FastifyReply {
   return reply.code(presented.statusCode).send(presented.body);
 }
 
-function requestHash(request: FastifyRequest): string {
+function requestHash(request: FastifyRequest, fingerprint = ''): string {
   return createHash('sha256')
     .update(`${request.method} ${request.routeOptions.url}\n${canonicalJson(request.body)}`)
+    .update(fingerprint ? `\n${fingerprint}` : '')
     .digest('hex');
 }
 

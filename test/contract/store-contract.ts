@@ -663,6 +663,37 @@ export function runStoreContract(name: string, factory: () => Promise<StoreHarne
         );
         assert.deepEqual(await store.listDueJobs({ now: T0 + 99, limit: 10 }), []);
       });
+
+      test('deleteJob removes the job at the expected version and keeps its ledger', async ({
+        store,
+      }) => {
+        await store.createTenant(makeTenant('t_a'));
+        await store.post(makeEntry('ga', 't_a', 10));
+        const jobs = [
+          makeJob('video_1', 't_a', { state: 'completed', nextCheckAt: null }),
+          makeJob('video_2', 't_a', { createdAt: T0 + 1 }),
+        ];
+        for (const job of jobs) await store.createJob(job, chargeFor(job));
+
+        await rejectsWith(store.deleteJob('video_1', { expectVersion: 2 }), 'version_conflict');
+        assert.ok(await store.getJob('video_1'));
+        await store.deleteJob('video_1', { expectVersion: 1 });
+        assert.equal(await store.getJob('video_1'), null);
+        assert.deepEqual(
+          (await store.listJobs({ tenantId: 't_a', limit: 10, order: 'asc' })).items.map(
+            (job) => job.jobId,
+          ),
+          ['video_2'],
+        );
+        await rejectsWith(store.deleteJob('video_1', { expectVersion: 1 }), 'not_found');
+        await rejectsWith(store.deleteJob('video_missing', { expectVersion: 1 }), 'not_found');
+        assert.equal(await store.getBalance('t_a'), 8);
+        assert.deepEqual(
+          (await allEntries(store, 't_a')).map((entry) => entry.entryId),
+          ['ga', 'charge:video_1', 'charge:video_2'],
+        );
+        await assertBalanced(store, 't_a');
+      });
     });
 
     describe('limits', () => {

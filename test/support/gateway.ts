@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pino } from 'pino';
 import { loadConfig } from '../../src/config.ts';
-import type { Clock } from '../../src/core/ports.ts';
+import type { Clock, VideoProvider } from '../../src/core/ports.ts';
 import { buildApp } from '../../src/http/app.ts';
 import { createServices, type Services } from '../../src/services.ts';
 import { startWorker } from '../../src/worker/worker.ts';
@@ -51,7 +51,14 @@ export interface TestGateway {
  * The worker runs unless a manual clock is given (time then only moves by hand).
  */
 export async function startGateway(
-  options: { env?: Record<string, string>; clock?: Clock; dataDir?: string; worker?: boolean } = {},
+  options: {
+    env?: Record<string, string>;
+    clock?: Clock;
+    dataDir?: string;
+    worker?: boolean;
+    /** Replaces the default simulated provider. */
+    providers?: VideoProvider[];
+  } = {},
 ): Promise<TestGateway> {
   const dataDir = options.dataDir ?? (await mkdtemp(join(tmpdir(), 'reelpostly-e2e-')));
   const port = await freePort();
@@ -67,6 +74,7 @@ export async function startGateway(
   });
   const services = createServices(config, {
     ...(options.clock ? { clock: options.clock } : {}),
+    ...(options.providers ? { providers: options.providers } : {}),
     logger: pino({ level: process.env.TEST_LOG_LEVEL ?? 'silent' }),
   });
   await services.store.migrate();

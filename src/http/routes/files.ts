@@ -1,6 +1,8 @@
 import { type FastifyPluginAsyncTypebox, Type } from '@fastify/type-provider-typebox';
+import type { FastifyReply } from 'fastify';
 import type { FsBlobStore } from '../../blobs/fs/fs-blob-store.ts';
 import { AppError } from '../../core/errors.ts';
+import type { BlobStore } from '../../core/ports.ts';
 
 /** Parses a single `bytes=` range; null means "send it all", 'unsatisfiable' means 416. */
 export function parseRange(
@@ -24,6 +26,39 @@ export function parseRange(
   }
   if (start >= size || start > end) return 'unsatisfiable';
   return { start, end };
+}
+
+/**
+ * Streams a stored object with its content type, honouring a single `bytes=` Range
+ * (206, or 416 when unsatisfiable) so players can seek.
+ */
+export async function sendBlob(
+  reply: FastifyReply,
+  blobs: BlobStore,
+  key: string,
+  rangeHeader: string | undefined,
+): Promise<FastifyReply> {
+  const info = await blobs.head(key);
+  if (!info) throw new AppError('not_found', 'File not found');
+  const range = parseRange(rangeHeader, info.bytes);
+  reply.header('Accept-Ranges', 'bytes');
+  reply.header('Content-Type', info.contentType);
+  if (range === 'unsatisfiable') {
+    reply.header('Content-Range', `bytes */${info.bytes}`);
+    throw new AppError('validation_error', 'Range not satisfiable', {
+      details: { statusCode: 416 },
+    });
+  }
+  const object = await blobs.get(key, range ?? undefined);
+  if (!object) throw new AppError('not_found', 'File not found');
+  if (range) {
+    reply.code(206);
+    reply.header('Content-Range', `bytes ${range.start}-${range.end}/${info.bytes}`);
+    reply.header('Content-Length', range.end - range.start + 1);
+  } else {
+    reply.header('Content-Length', info.bytes);
+  }
+  return reply.send(object.body);
 }
 
 /** Serves stored files behind HMAC-signed, expiring URLs, with Range so players can seek. */
@@ -52,34 +87,14 @@ export function filesRoutes(files: FsBlobStore): FastifyPluginAsyncTypebox {
             details: { statusCode: 403 },
           });
 
-        const info = await files.head(key);
-        if (!info) throw new AppError('not_found', 'File not found');
-        const range = parseRange(request.headers.range, info.bytes);
-        reply.header('Accept-Ranges', 'bytes');
-        reply.header('Content-Type', info.contentType);
-        reply.header('Cache-Control', 'private, max-age=3600');
         const filename = request.query.filename;
+        reply.header('Cache-Control', 'private, max-age=3600');
         if (filename)
           reply.header(
             'Content-Disposition',
             `inline; filename="${filename.replace(/[^\w.-]/g, '_')}"`,
           );
-        if (range === 'unsatisfiable') {
-          reply.header('Content-Range', `bytes */${info.bytes}`);
-          throw new AppError('validation_error', 'Range not satisfiable', {
-            details: { statusCode: 416 },
-          });
-        }
-        const object = await files.get(key, range ?? undefined);
-        if (!object) throw new AppError('not_found', 'File not found');
-        if (range) {
-          reply.code(206);
-          reply.header('Content-Range', `bytes ${range.start}-${range.end}/${info.bytes}`);
-          reply.header('Content-Length', range.end - range.start + 1);
-        } else {
-          reply.header('Content-Length', info.bytes);
-        }
-        return reply.send(object.body);
+        return sendBlob(reply, files, key, request.headers.range);
       },
     );
   };

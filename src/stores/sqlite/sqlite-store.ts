@@ -370,6 +370,19 @@ export class SqliteStore implements Store {
     return this.#sql.listDueJobs.all(options).map(toJob);
   }
 
+  async deleteJob(jobId: string, options: { expectVersion: number }): Promise<void> {
+    this.#atomic(() => {
+      const row = this.#sql.getJob.get({ jobId });
+      if (!row) throw new AppError('not_found', 'Job not found');
+      if (row.version !== options.expectVersion) {
+        throw new AppError('version_conflict', 'Job changed since it was read', {
+          details: { expected: options.expectVersion, actual: row.version },
+        });
+      }
+      this.#sql.deleteJob.run({ jobId });
+    });
+  }
+
   // -------------------------------------------------------------- limits
 
   async consumeRate(bucket: string, params: RateLimitParams, now: number): Promise<RateDecision> {
@@ -593,6 +606,7 @@ function prepareStatements(db: Database.Database) {
          AND (lease_owner IS NULL OR lease_until <= @now OR lease_owner = @owner)
        RETURNING ${JOB_COLUMNS}`,
     ),
+    deleteJob: db.prepare<{ jobId: string }>('DELETE FROM jobs WHERE job_id = @jobId'),
     listDueJobs: db.prepare<{ now: number; limit: number }, JobRow>(
       `SELECT ${JOB_COLUMNS} FROM jobs
        WHERE next_check_at IS NOT NULL AND next_check_at <= @now
