@@ -8,9 +8,18 @@ export interface Config {
   /** Base of the URLs we hand out (signed file links). */
   publicUrl: string;
   dataDir: string;
-  store: 'sqlite';
+  store: 'sqlite' | 'dynamodb';
   sqlitePath: string;
-  blobs: 'fs';
+  /** DynamoDB table of the single-table design (store `dynamodb`). */
+  dynamodbTable: string;
+  blobs: 'fs' | 's3';
+  s3: {
+    bucket: string;
+    /** Folder all objects live under. */
+    prefix: string;
+    /** Path-style addressing, for S3-compatible servers (s3rver, MinIO). */
+    forcePathStyle: boolean;
+  };
   /** HMAC secret of signed file URLs; generated into the data dir when unset. */
   signingSecret: string | null;
   catalogPath: string;
@@ -67,18 +76,34 @@ function bool(env: Env, name: string, fallback: boolean): boolean {
   throw new ConfigError(`${name} must be true or false, got "${raw}"`);
 }
 
+/** A setting that must be given when `needed`; otherwise `fallback`. */
+function required(env: Env, name: string, needed: boolean, fallback: string): string {
+  const raw = env[name];
+  if (raw) return raw;
+  if (needed && !fallback) throw new ConfigError(`${name} must be set`);
+  return fallback;
+}
+
 export function loadConfig(env: Env = process.env): Config {
   const port = int(env, 'PORT', 8080);
   const dataDir = resolve(env.REELPOSTLY_DATA_DIR || './data');
   const origins = env.REELPOSTLY_CORS_ORIGINS || '*';
+  const store = oneOf(env, 'REELPOSTLY_STORE', ['sqlite', 'dynamodb'] as const, 'sqlite');
+  const blobs = oneOf(env, 'REELPOSTLY_BLOBS', ['fs', 's3'] as const, 'fs');
   return Object.freeze({
     port,
     host: env.HOST || '0.0.0.0',
     publicUrl: (env.REELPOSTLY_PUBLIC_URL || `http://localhost:${port}`).replace(/\/+$/, ''),
     dataDir,
-    store: oneOf(env, 'REELPOSTLY_STORE', ['sqlite'] as const, 'sqlite'),
+    store,
     sqlitePath: resolve(env.REELPOSTLY_SQLITE_PATH || `${dataDir}/reelpostly.db`),
-    blobs: oneOf(env, 'REELPOSTLY_BLOBS', ['fs'] as const, 'fs'),
+    dynamodbTable: required(env, 'REELPOSTLY_DYNAMODB_TABLE', store === 'dynamodb', 'reelpostly'),
+    blobs,
+    s3: {
+      bucket: required(env, 'REELPOSTLY_S3_BUCKET', blobs === 's3', ''),
+      prefix: env.REELPOSTLY_S3_PREFIX || 'videos-store',
+      forcePathStyle: bool(env, 'REELPOSTLY_S3_FORCE_PATH_STYLE', false),
+    },
     signingSecret: env.REELPOSTLY_SIGNING_SECRET || null,
     catalogPath: resolve(env.REELPOSTLY_CATALOG || DEFAULT_CATALOG_PATH),
     simulatedSeconds: int(env, 'REELPOSTLY_SIMULATED_SECONDS', 8),

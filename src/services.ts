@@ -1,8 +1,10 @@
 import { randomBytes } from 'node:crypto';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { S3Client } from '@aws-sdk/client-s3';
 import { type Logger, pino } from 'pino';
 import { FsBlobStore } from './blobs/fs/fs-blob-store.ts';
+import { createS3BlobStore } from './blobs/s3/s3-blob-store.ts';
 import type { Config } from './config.ts';
 import { Access } from './core/access.ts';
 import { Accounts } from './core/accounts.ts';
@@ -11,6 +13,7 @@ import { JobPipeline } from './core/pipeline.ts';
 import type { BlobStore, Clock, Store, VideoProvider } from './core/ports.ts';
 import { VideoService } from './core/videos.ts';
 import { defaultAssetsDir, SimulatedProvider } from './providers/simulated/simulated-provider.ts';
+import { createDynamoStore } from './stores/dynamodb/dynamo-store.ts';
 import { createSqliteStore } from './stores/sqlite/sqlite-store.ts';
 
 export interface Services {
@@ -42,14 +45,27 @@ export function createServices(
   mkdirSync(config.dataDir, { recursive: true });
 
   const catalog = Catalog.load(config.catalogPath);
-  const store = createSqliteStore({ path: config.sqlitePath });
-  const fileServer = new FsBlobStore({
-    dir: join(config.dataDir, 'blobs'),
-    publicBaseUrl: config.publicUrl,
-    secret: config.signingSecret ?? persistentSecret(config.dataDir),
-    clock,
-  });
-  const blobs: BlobStore = fileServer;
+  // The AWS SDK reads region, credentials and AWS_ENDPOINT_URL_{DYNAMODB,S3} itself.
+  const store =
+    config.store === 'dynamodb'
+      ? createDynamoStore({ tableName: config.dynamodbTable })
+      : createSqliteStore({ path: config.sqlitePath });
+  const fileServer =
+    config.blobs === 'fs'
+      ? new FsBlobStore({
+          dir: join(config.dataDir, 'blobs'),
+          publicBaseUrl: config.publicUrl,
+          secret: config.signingSecret ?? persistentSecret(config.dataDir),
+          clock,
+        })
+      : null;
+  const blobs: BlobStore =
+    fileServer ??
+    createS3BlobStore({
+      bucket: config.s3.bucket,
+      prefix: config.s3.prefix,
+      client: new S3Client({ forcePathStyle: config.s3.forcePathStyle }),
+    });
 
   const providerList = overrides.providers ?? [
     new SimulatedProvider({
