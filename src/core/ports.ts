@@ -334,7 +334,10 @@ export interface BlobStore {
     meta: { contentType: string; expectedBytes?: number },
   ): Promise<BlobInfo>;
   head(key: string): Promise<BlobInfo | null>;
-  /** Streams the object (optionally a byte range, inclusive); null when missing. */
+  /**
+   * Streams the object (optionally a byte range, inclusive); null when missing.
+   * `bytes` is always the WHOLE object's size (what Content-Range needs), also for a range.
+   */
   get(
     key: string,
     range?: { start: number; end: number },
@@ -370,6 +373,7 @@ export interface SubmitInput {
 
 export interface ProviderJobStatus {
   state: JobState;
+  /** Whole percent, 0..100. */
   progress: number;
   /** The upstream's own status word. */
   providerStatus: string;
@@ -394,7 +398,11 @@ export interface VideoProvider {
   /** Starts an upstream job. Throws ProviderError (with `certain`) on failure. */
   submit(input: SubmitInput): Promise<{ providerJobId: string }>;
   status(providerJobId: string): Promise<ProviderJobStatus>;
-  /** Streams a finished variant; null when the upstream has no such variant. */
+  /**
+   * Streams a finished variant; null when the upstream has no such variant. Failures are
+   * ProviderErrors: 409 retryable while not ready, 410 (not retryable) once the upstream
+   * deleted the output, 404 for an unknown job.
+   */
   download(providerJobId: string, variant: VideoVariant): Promise<ProviderDownload | null>;
   cancel?(providerJobId: string): Promise<void>;
 }
