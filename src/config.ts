@@ -35,6 +35,8 @@ export interface Config {
     intervalMs: number;
     concurrency: number;
     batchSize: number;
+    /** Longest one scheduled worker invocation (Lambda) keeps ticking. */
+    budgetMs: number;
   };
   jobs: {
     pollIntervalMs: number;
@@ -123,6 +125,7 @@ export function loadConfig(env: Env = process.env): Config {
       intervalMs: int(env, 'REELPOSTLY_WORKER_INTERVAL_MS', 500, 10),
       concurrency: int(env, 'REELPOSTLY_WORKER_CONCURRENCY', 8, 1),
       batchSize: int(env, 'REELPOSTLY_WORKER_BATCH', 100, 1),
+      budgetMs: int(env, 'REELPOSTLY_WORKER_BUDGET_MS', Number.POSITIVE_INFINITY),
     },
     jobs: {
       pollIntervalMs: int(env, 'REELPOSTLY_POLL_INTERVAL_MS', 1000, 10),
