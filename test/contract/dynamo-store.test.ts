@@ -12,6 +12,7 @@ import type { Store } from '../../src/core/ports.ts';
 import { createDynamoStore } from '../../src/stores/dynamodb/dynamo-store.ts';
 import { INDEX, TTL_ATTRIBUTE } from '../../src/stores/dynamodb/table-definition.ts';
 import { type DynamoDbLocal, startDynamoDbLocal } from '../support/dynamodb-local.ts';
+import { chargeFor, makeJob } from '../support/fixtures.ts';
 import { runStoreContract } from './store-contract.ts';
 
 /** One DynamoDB Local per test file; started on first use. */
@@ -164,44 +165,8 @@ describe('DynamoStore specifics', () => {
       const results = await Promise.allSettled(
         Array.from({ length: 240 }, (_, index) => {
           const jobId = `video_${String(index).padStart(3, '0')}`;
-          return (stores[index % stores.length] as Store).createJob(
-            {
-              jobId,
-              tenantId: 't_race',
-              keyId: 'key_1',
-              model: 'sora-2',
-              provider: 'simulated',
-              upstreamModel: 'sim-video-1',
-              providerJobId: null,
-              prompt: 'a race',
-              seconds: 4,
-              size: '720x1280',
-              state: 'queued',
-              progress: 0,
-              providerStatus: 'queued',
-              error: null,
-              cost: 1,
-              asset: null,
-              remixedFromJobId: null,
-              createdAt: index,
-              updatedAt: index,
-              completedAt: null,
-              nextCheckAt: index,
-              checkFailures: 0,
-              leaseOwner: null,
-              leaseUntil: 0,
-              version: 1,
-            },
-            {
-              entryId: `charge:${jobId}`,
-              tenantId: 't_race',
-              kind: 'charge',
-              amount: -1,
-              reason: 'video',
-              jobId,
-              createdAt: index,
-            },
-          );
+          const job = makeJob(jobId, 't_race', { prompt: 'a race' }, index);
+          return (stores[index % stores.length] as Store).createJob(job, chargeFor(job));
         }),
       );
       const refused = results.filter((result) => result.status === 'rejected');

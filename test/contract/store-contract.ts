@@ -14,6 +14,7 @@ import type {
   Store,
   Tenant,
 } from '../../src/core/ports.ts';
+import { chargeFor, makeJob } from '../support/fixtures.ts';
 
 export interface StoreHarness {
   /** A migrated, empty store. */
@@ -71,45 +72,6 @@ function makeEntry(
     createdAt: T0,
     ...overrides,
   };
-}
-
-function makeJob(jobId: string, tenantId: string, overrides: Partial<Job> = {}): Job {
-  return {
-    jobId,
-    tenantId,
-    keyId: 'key_1',
-    model: 'sora-2',
-    provider: 'simulated',
-    upstreamModel: 'sim-video-1',
-    providerJobId: null,
-    prompt: 'a lighthouse at dusk',
-    seconds: 4,
-    size: '720x1280',
-    state: 'queued',
-    progress: 0,
-    providerStatus: 'queued',
-    error: null,
-    cost: 1,
-    asset: null,
-    remixedFromJobId: null,
-    createdAt: T0,
-    updatedAt: T0,
-    completedAt: null,
-    nextCheckAt: T0,
-    checkFailures: 0,
-    leaseOwner: null,
-    leaseUntil: 0,
-    version: 1,
-    ...overrides,
-  };
-}
-
-function chargeFor(job: Job): NewLedgerEntry {
-  return makeEntry(`charge:${job.jobId}`, job.tenantId, -job.cost, {
-    kind: 'charge',
-    jobId: job.jobId,
-    createdAt: job.createdAt,
-  });
 }
 
 async function rejectsWith(promise: Promise<unknown>, code: ErrorCode): Promise<void> {
