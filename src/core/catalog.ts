@@ -12,6 +12,8 @@ const PlanSchema = Type.Object({
 const RouteSchema = Type.Object({
   provider: Type.String({ minLength: 1 }),
   upstreamModel: Type.String({ minLength: 1 }),
+  /** Parameter style the provider adapter maps to (e.g. `veo`, `kling`); adapter-defined. */
+  params: Type.Optional(Type.String({ minLength: 1 })),
 });
 
 const ModelSchema = Type.Object({

@@ -369,6 +369,21 @@ export interface SubmitInput {
   inputReference?: InputReference;
   /** Upstream id of the video to remix, when the provider supports remixing. */
   remixOfProviderJobId?: string;
+  /** How this route spells parameters upstream (the catalog route's `params`, e.g. `veo`). */
+  paramStyle?: string;
+  /** Where the upstream should POST its completion webhook, when webhooks are configured. */
+  callbackUrl?: string;
+}
+
+/** What a route must be able to serve; checked before any charge. */
+export type RouteParams = Pick<SubmitInput, 'upstreamModel' | 'paramStyle' | 'seconds' | 'size'>;
+
+export interface WebhookRequest {
+  /** The body exactly as received: signatures are computed over these bytes. */
+  rawBody: Buffer;
+  /** Lower-cased header names. */
+  headers: Readonly<Record<string, string | undefined>>;
+  now: number;
 }
 
 export interface ProviderJobStatus {
@@ -405,4 +420,18 @@ export interface VideoProvider {
    */
   download(providerJobId: string, variant: VideoVariant): Promise<ProviderDownload | null>;
   cancel?(providerJobId: string): Promise<void>;
+  /**
+   * Pure check (no I/O) that this route can serve the parameters; throws AppError
+   * `validation_error` naming the allowed values otherwise. Runs before charging, and at
+   * start-up over every catalog entry.
+   */
+  checkParams?(params: RouteParams): void;
+  /**
+   * Verifies an upstream webhook on its raw body and returns the upstream job it
+   * concerns. Throws ProviderError 401 (certain, not retryable) for a missing, wrong or
+   * stale signature.
+   */
+  verifyWebhook?(request: WebhookRequest): Promise<{ providerJobId: string }>;
+  /** For operators: can we reach the upstream, and does it accept our key? */
+  check?(): Promise<{ reachable: boolean; authenticated: boolean; detail: string }>;
 }
