@@ -173,6 +173,8 @@ export interface Job {
 export type JobPatch = Partial<
   Pick<
     Job,
+    | 'provider'
+    | 'upstreamModel'
     | 'providerJobId'
     | 'state'
     | 'progress'

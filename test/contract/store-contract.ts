@@ -452,6 +452,8 @@ export function runStoreContract(name: string, factory: () => Promise<StoreHarne
         const updated = await store.updateJob(
           'video_1',
           {
+            provider: 'fallback',
+            upstreamModel: 'vendor/model-2',
             state: 'completed',
             progress: 100,
             providerJobId: 'up_1',
@@ -468,6 +470,8 @@ export function runStoreContract(name: string, factory: () => Promise<StoreHarne
         );
         const expected: Job = {
           ...job,
+          provider: 'fallback',
+          upstreamModel: 'vendor/model-2',
           state: 'completed',
           progress: 100,
           providerJobId: 'up_1',

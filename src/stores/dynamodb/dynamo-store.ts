@@ -193,6 +193,8 @@ const JOB_FIELDS = fields<Job>({
 });
 /** The fields `updateJob` may change; anything else in a patch object is ignored. */
 const PATCHABLE = fields<JobPatch>({
+  provider: true,
+  upstreamModel: true,
   providerJobId: true,
   state: true,
   progress: true,

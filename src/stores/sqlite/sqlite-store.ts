@@ -41,6 +41,8 @@ const JOB_COLUMNS = `job_id AS jobId, tenant_id AS tenantId, key_id AS keyId, mo
 
 /** The fields `updateJob` may change; anything else in a patch object is ignored. */
 const PATCHABLE: readonly (keyof JobPatch)[] = [
+  'provider',
+  'upstreamModel',
   'providerJobId',
   'state',
   'progress',
@@ -593,7 +595,8 @@ function prepareStatements(db: Database.Database) {
     ),
     listJobs: prepareListJobs(db),
     updateJob: db.prepare<Params>(
-      `UPDATE jobs SET provider_job_id = @providerJobId, state = @state, progress = @progress,
+      `UPDATE jobs SET provider = @provider, upstream_model = @upstreamModel,
+         provider_job_id = @providerJobId, state = @state, progress = @progress,
          provider_status = @providerStatus, error = @error, asset = @asset,
          completed_at = @completedAt, next_check_at = @nextCheckAt,
          check_failures = @checkFailures, lease_owner = @leaseOwner, lease_until = @leaseUntil,
