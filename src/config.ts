@@ -24,10 +24,26 @@ export interface Config {
   signingSecret: string | null;
   catalogPath: string;
   simulatedSeconds: number;
+  /** Whether the built-in simulated provider serves models: `auto` = only when no real upstream is configured. */
+  simulated: boolean;
+  /** Upstreams, each configured when its key is set. */
+  upstreams: {
+    openai: {
+      apiKey: string;
+      baseUrl?: string;
+      apiKeyHeader?: string;
+      webhookSecret?: string;
+    } | null;
+    openrouter: { apiKey: string; baseUrl?: string; webhookSecret?: string } | null;
+    fal: { apiKey: string; baseUrl?: string; jwksUrl?: string } | null;
+    replicate: { apiKey: string; baseUrl?: string; webhookSecret?: string } | null;
+  };
   urlTtlSeconds: number;
   corsOrigins: string[] | '*';
   logLevel: string;
   idempotencyTtlSeconds: number;
+  /** Ask upstreams to POST completion webhooks to `publicUrl` (it must be reachable from them). */
+  upstreamWebhooks: boolean;
   /** Create a demo tenant (and print its key) when the store has none yet. */
   demo: boolean;
   worker: {
@@ -86,10 +102,65 @@ function required(env: Env, name: string, needed: boolean, fallback: string): st
   return fallback;
 }
 
+/** Optional settings, dropped when unset so adapters apply their own defaults. */
+function optional<K extends string>(
+  entries: Record<K, string | undefined>,
+): Partial<Record<K, string>> {
+  return Object.fromEntries(Object.entries(entries).filter(([, v]) => v)) as Partial<
+    Record<K, string>
+  >;
+}
+
+function loadUpstreams(env: Env): Config['upstreams'] {
+  return {
+    openai: env.OPENAI_API_KEY
+      ? {
+          apiKey: env.OPENAI_API_KEY,
+          ...optional({
+            baseUrl: env.OPENAI_BASE_URL,
+            apiKeyHeader: env.OPENAI_API_KEY_HEADER,
+            webhookSecret: env.OPENAI_WEBHOOK_SECRET,
+          }),
+        }
+      : null,
+    openrouter: env.OPENROUTER_API_KEY
+      ? {
+          apiKey: env.OPENROUTER_API_KEY,
+          ...optional({
+            baseUrl: env.OPENROUTER_BASE_URL,
+            webhookSecret: env.OPENROUTER_WEBHOOK_SECRET,
+          }),
+        }
+      : null,
+    fal: env.FAL_KEY
+      ? {
+          apiKey: env.FAL_KEY,
+          ...optional({ baseUrl: env.FAL_BASE_URL, jwksUrl: env.FAL_JWKS_URL }),
+        }
+      : null,
+    replicate: env.REPLICATE_API_TOKEN
+      ? {
+          apiKey: env.REPLICATE_API_TOKEN,
+          ...optional({
+            baseUrl: env.REPLICATE_BASE_URL,
+            webhookSecret: env.REPLICATE_WEBHOOK_SECRET,
+          }),
+        }
+      : null,
+  };
+}
+
 export function loadConfig(env: Env = process.env): Config {
   const port = int(env, 'PORT', 8080);
   const dataDir = resolve(env.REELPOSTLY_DATA_DIR || './data');
   const origins = env.REELPOSTLY_CORS_ORIGINS || '*';
+  const upstreams = loadUpstreams(env);
+  const simulatedMode = oneOf(
+    env,
+    'REELPOSTLY_SIMULATED',
+    ['auto', 'true', 'false'] as const,
+    'auto',
+  );
   const store = oneOf(env, 'REELPOSTLY_STORE', ['sqlite', 'dynamodb'] as const, 'sqlite');
   const blobs = oneOf(env, 'REELPOSTLY_BLOBS', ['fs', 's3'] as const, 'fs');
   return Object.freeze({
@@ -109,6 +180,11 @@ export function loadConfig(env: Env = process.env): Config {
     signingSecret: env.REELPOSTLY_SIGNING_SECRET || null,
     catalogPath: resolve(env.REELPOSTLY_CATALOG || DEFAULT_CATALOG_PATH),
     simulatedSeconds: int(env, 'REELPOSTLY_SIMULATED_SECONDS', 8),
+    simulated:
+      simulatedMode === 'auto'
+        ? Object.values(upstreams).every((u) => u === null)
+        : simulatedMode === 'true',
+    upstreams,
     urlTtlSeconds: int(env, 'REELPOSTLY_URL_TTL_SECONDS', 7 * 24 * 3600, 1),
     corsOrigins:
       origins === '*'
@@ -120,6 +196,7 @@ export function loadConfig(env: Env = process.env): Config {
     logLevel: env.LOG_LEVEL || 'info',
     idempotencyTtlSeconds: int(env, 'REELPOSTLY_IDEMPOTENCY_TTL_SECONDS', 24 * 3600, 1),
     demo: bool(env, 'REELPOSTLY_DEMO', true),
+    upstreamWebhooks: bool(env, 'REELPOSTLY_UPSTREAM_WEBHOOKS', false),
     worker: {
       enabled: bool(env, 'REELPOSTLY_WORKER', true),
       intervalMs: int(env, 'REELPOSTLY_WORKER_INTERVAL_MS', 500, 10),

@@ -12,6 +12,10 @@ import { Catalog } from './core/catalog.ts';
 import { JobPipeline } from './core/pipeline.ts';
 import type { BlobStore, Clock, Store, VideoProvider } from './core/ports.ts';
 import { VideoService } from './core/videos.ts';
+import { FalProvider } from './providers/fal/fal-provider.ts';
+import { OpenAICompatibleProvider } from './providers/openai/openai-provider.ts';
+import { OpenRouterProvider } from './providers/openrouter/openrouter-provider.ts';
+import { ReplicateProvider } from './providers/replicate/replicate-provider.ts';
 import { defaultAssetsDir, SimulatedProvider } from './providers/simulated/simulated-provider.ts';
 import { createDynamoStore } from './stores/dynamodb/dynamo-store.ts';
 import { createSqliteStore } from './stores/sqlite/sqlite-store.ts';
@@ -67,24 +71,10 @@ export function createServices(
       client: new S3Client({ forcePathStyle: config.s3.forcePathStyle }),
     });
 
-  const providerList = overrides.providers ?? [
-    new SimulatedProvider({
-      clock,
-      durationMs: config.simulatedSeconds * 1000,
-      assetsDir: defaultAssetsDir(),
-    }),
-  ];
-  const providers = new Map(providerList.map((p) => [p.id, p]));
-  for (const model of catalog.models.values()) {
-    for (const route of model.routes) {
-      if (!providers.has(route.provider)) {
-        logger.warn(
-          { model: model.id, provider: route.provider },
-          'catalog route names a provider that is not configured',
-        );
-      }
-    }
-  }
+  const providers = new Map(
+    (overrides.providers ?? configuredProviders(config, clock)).map((p) => [p.id, p]),
+  );
+  warnUnservableRoutes(catalog, providers, logger);
 
   const pipeline = new JobPipeline({
     store,
@@ -111,6 +101,7 @@ export function createServices(
       pollIntervalMs: config.jobs.pollIntervalMs,
       submitTimeoutMs: config.jobs.submitTimeoutMs,
       urlTtlSeconds: config.urlTtlSeconds,
+      upstreamWebhookBaseUrl: config.upstreamWebhooks ? config.publicUrl : null,
     },
   });
 
@@ -129,6 +120,65 @@ export function createServices(
     videos,
     close: () => store.close(),
   };
+}
+
+/** Every upstream whose key is set, plus the simulated one when enabled. */
+function configuredProviders(config: Config, clock: Clock): VideoProvider[] {
+  const { openai, openrouter, fal, replicate } = config.upstreams;
+  const list: VideoProvider[] = [];
+  if (openai) list.push(new OpenAICompatibleProvider({ ...openai, clock }));
+  if (openrouter) list.push(new OpenRouterProvider({ ...openrouter, clock }));
+  if (fal) list.push(new FalProvider({ ...fal, clock }));
+  if (replicate) list.push(new ReplicateProvider({ ...replicate, clock }));
+  if (config.simulated) {
+    list.push(
+      new SimulatedProvider({
+        clock,
+        durationMs: config.simulatedSeconds * 1000,
+        assetsDir: defaultAssetsDir(),
+      }),
+    );
+  }
+  return list;
+}
+
+/**
+ * Start-up check of the catalog against the configured adapters: a route that cannot
+ * serve some allowed seconds/size is skipped for those requests (the next route serves
+ * them, or the request is refused before charging); operators should know.
+ */
+function warnUnservableRoutes(
+  catalog: Catalog,
+  providers: ReadonlyMap<string, VideoProvider>,
+  logger: Logger,
+): void {
+  for (const model of catalog.models.values()) {
+    for (const route of model.routes) {
+      const provider = providers.get(route.provider);
+      if (!provider?.checkParams) continue;
+      const refused: string[] = [];
+      for (const seconds of model.seconds) {
+        for (const size of model.sizes) {
+          try {
+            provider.checkParams({
+              upstreamModel: route.upstreamModel,
+              ...(route.params ? { paramStyle: route.params } : {}),
+              seconds,
+              size,
+            });
+          } catch {
+            refused.push(`${seconds}s ${size}`);
+          }
+        }
+      }
+      if (refused.length > 0) {
+        logger.info(
+          { model: model.id, provider: route.provider, refused },
+          'route skipped for some allowed values',
+        );
+      }
+    }
+  }
 }
 
 /** Keeps signed URLs valid across restarts without asking the operator for a secret. */

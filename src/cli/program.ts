@@ -371,5 +371,71 @@ export function buildProgram(options: {
       }),
     );
 
+  program
+    .command('models')
+    .description('The model catalog: allowed values, prices, and the routes that serve each model')
+    .option('--json', 'print JSON')
+    .action((o: { json?: boolean }) =>
+      withServices(async (s) => {
+        const models = [...s.catalog.models.values()].map((m) => ({
+          ...m,
+          routes: m.routes.map((r) => ({ ...r, configured: s.providers.has(r.provider) })),
+        }));
+        print(o.json, models, () =>
+          formatTable(
+            models.flatMap((m) =>
+              m.routes.map((r, i) => ({
+                model: i === 0 ? m.id : '',
+                price: i === 0 ? `${m.price.credits}/${m.price.per}` : '',
+                seconds: i === 0 ? m.seconds.join(',') : '',
+                sizes: i === 0 ? m.sizes.join(',') : '',
+                route: `${i + 1}. ${r.provider}:${r.upstreamModel}${r.params ? ` (${r.params})` : ''}`,
+                configured: r.configured ? 'yes' : 'no',
+              })),
+            ),
+            ['model', 'price', 'seconds', 'sizes', 'route', 'configured'],
+          ),
+        );
+      }),
+    );
+
+  program
+    .command('providers')
+    .description('Upstream providers')
+    .command('check')
+    .description('For each configured provider: reachable, key accepted')
+    .option('--json', 'print JSON')
+    .action((o: { json?: boolean }) =>
+      withServices(async (s) => {
+        const results = await Promise.all(
+          [...s.providers.values()].map(async (p) => {
+            if (!p.check)
+              return { provider: p.id, reachable: true, authenticated: true, detail: 'built in' };
+            try {
+              return { provider: p.id, ...(await p.check()) };
+            } catch (error) {
+              return {
+                provider: p.id,
+                reachable: false,
+                authenticated: false,
+                detail: (error as Error).message,
+              };
+            }
+          }),
+        );
+        print(o.json, results, () =>
+          formatTable(
+            results.map((r) => ({
+              ...r,
+              reachable: r.reachable ? 'yes' : 'NO',
+              authenticated: r.authenticated ? 'yes' : 'NO',
+            })),
+            ['provider', 'reachable', 'authenticated', 'detail'],
+          ),
+        );
+        if (results.some((r) => !r.reachable || !r.authenticated)) process.exitCode = 1;
+      }),
+    );
+
   return program;
 }

@@ -38,7 +38,6 @@ const CatalogSchema = Type.Object({
 });
 
 export type Plan = Static<typeof PlanSchema> & { planId: string };
-export type ModelRoute = Static<typeof RouteSchema>;
 export type ModelEntry = Static<typeof ModelSchema> & { id: string };
 export type CatalogData = Static<typeof CatalogSchema>;
 
@@ -48,7 +47,6 @@ export interface ResolvedRequest {
   seconds: number;
   size: string;
   cost: number;
-  route: ModelRoute;
 }
 
 export const DEFAULT_CATALOG_PATH = new URL('../../config/catalog.json', import.meta.url).pathname;
@@ -128,8 +126,7 @@ export class Catalog {
       );
     }
     const cost = model.price.per === 'video' ? model.price.credits : model.price.credits * seconds;
-    const route = model.routes[0] as ModelRoute;
-    return { model, seconds, size, cost, route };
+    return { model, seconds, size, cost };
   }
 }
 

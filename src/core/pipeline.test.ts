@@ -98,7 +98,12 @@ describe('job pipeline with real adapters on an injected clock', () => {
       providers,
       pipeline,
       clock,
-      options: { pollIntervalMs: 1000, submitTimeoutMs: 60_000, urlTtlSeconds: 3600 },
+      options: {
+        pollIntervalMs: 1000,
+        submitTimeoutMs: 60_000,
+        urlTtlSeconds: 3600,
+        upstreamWebhookBaseUrl: null,
+      },
     });
     tenantId = 'tenant_pipeline';
     await store.createTenant({

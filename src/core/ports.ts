@@ -434,6 +434,11 @@ export interface VideoProvider {
    * stale signature.
    */
   verifyWebhook?(request: WebhookRequest): Promise<{ providerJobId: string }>;
+  /**
+   * The id this upstream's webhooks name a job by, when it differs from the
+   * providerJobId (fal's webhooks carry the request id alone).
+   */
+  webhookIdOf?(providerJobId: string): string;
   /** For operators: can we reach the upstream, and does it accept our key? */
   check?(): Promise<{ reachable: boolean; authenticated: boolean; detail: string }>;
 }

@@ -25,12 +25,28 @@ export interface GenerateInput {
   inputReference?: InputReference;
 }
 
+/** One way to serve a model: a configured provider and how it names the model. */
+interface Route {
+  provider: VideoProvider;
+  upstreamModel: string;
+  paramStyle?: string;
+}
+
+function routeParams(route: Route): { upstreamModel: string; paramStyle?: string } {
+  return {
+    upstreamModel: route.upstreamModel,
+    ...(route.paramStyle ? { paramStyle: route.paramStyle } : {}),
+  };
+}
+
 export interface VideoServiceOptions {
   pollIntervalMs: number;
   /** How long a submit may take before the worker treats it as interrupted. */
   submitTimeoutMs: number;
   /** Lifetime of signed download URLs. */
   urlTtlSeconds: number;
+  /** Public base URL upstreams can POST webhooks to; null means polling only. */
+  upstreamWebhookBaseUrl: string | null;
 }
 
 /** The customer-facing use cases both HTTP surfaces call. */
@@ -55,27 +71,61 @@ export class VideoService {
   async generate(input: GenerateInput): Promise<{ job: Job; balance: number }> {
     const prompt = validatePrompt(input.prompt);
     const resolved = this.deps.catalog.resolve(input);
-    const provider = this.deps.providers.get(resolved.route.provider);
-    if (!provider) {
-      throw new AppError('upstream_error', `Model ${resolved.model.id} is not available right now`);
-    }
-    if (input.inputReference && !provider.capabilities.inputReference) {
-      throw new AppError(
-        'validation_error',
-        `Model ${resolved.model.id} does not accept input_reference`,
-        {
-          param: 'input_reference',
-        },
-      );
-    }
     return this.start({
       tenantId: input.tenantId,
       keyId: input.keyId,
       prompt,
       resolved,
-      provider,
-      upstreamModel: resolved.route.upstreamModel,
+      routes: this.routesFor(resolved, Boolean(input.inputReference)),
       ...(input.inputReference ? { inputReference: input.inputReference } : {}),
+    });
+  }
+
+  /**
+   * The catalog routes able to serve this request, in catalog order: provider
+   * configured, reference image supported if one was sent, parameters accepted by the
+   * adapter. None left is a 400 naming what the routes allow (nothing charged yet).
+   */
+  private routesFor(resolved: ResolvedRequest, withReference: boolean): Route[] {
+    const routes: Route[] = [];
+    let refusal: AppError | null = null;
+    let configured = 0;
+    for (const route of resolved.model.routes) {
+      const provider = this.deps.providers.get(route.provider);
+      if (!provider) continue;
+      configured += 1;
+      if (withReference && !provider.capabilities.inputReference) {
+        refusal ??= new AppError(
+          'validation_error',
+          `Model ${resolved.model.id} does not accept input_reference`,
+          {
+            param: 'input_reference',
+          },
+        );
+        continue;
+      }
+      const candidate: Route = {
+        provider,
+        upstreamModel: route.upstreamModel,
+        ...(route.params ? { paramStyle: route.params } : {}),
+      };
+      try {
+        provider.checkParams?.({
+          ...routeParams(candidate),
+          seconds: resolved.seconds,
+          size: resolved.size,
+        });
+      } catch (error) {
+        if (!(error instanceof AppError)) throw error;
+        refusal ??= error;
+        continue;
+      }
+      routes.push(candidate);
+    }
+    if (routes.length > 0) return routes;
+    if (refusal) throw refusal;
+    throw new AppError('upstream_error', `Model ${resolved.model.id} is not available right now`, {
+      details: { configuredRoutes: configured },
     });
   }
 
@@ -118,25 +168,30 @@ export class VideoService {
       keyId: input.keyId,
       prompt,
       resolved,
-      provider,
-      upstreamModel: source.upstreamModel,
+      // The upstream remixes its own job: no failover to another route.
+      routes: [{ provider, upstreamModel: source.upstreamModel }],
       remixOf: { jobId: source.jobId, providerJobId: source.providerJobId },
     });
   }
 
-  /** Creates and charges the job in one step, then submits it; shared by generate and remix. */
+  /**
+   * Creates and charges the job in one step, then submits it to the first route. A
+   * submit that certainly failed and may be retried (connection refused, 429, 5xx) moves
+   * on to the next route; one whose outcome is unknown (timeout after sending) is never
+   * resubmitted. Shared by generate and remix.
+   */
   private async start(input: {
     tenantId: string;
     keyId: string;
     prompt: string;
     resolved: ResolvedRequest;
-    provider: VideoProvider;
-    upstreamModel: string;
+    routes: Route[];
     inputReference?: InputReference;
     remixOf?: { jobId: string; providerJobId: string };
   }): Promise<{ job: Job; balance: number }> {
     const { store, clock, pipeline, options } = this.deps;
-    const { resolved, provider, prompt } = input;
+    const { resolved, prompt, routes } = input;
+    const first = routes[0] as Route;
     const now = clock.now();
     const jobId = newVideoId();
     // The lease covers the submit: if this process dies mid-submit, the worker finds
@@ -148,8 +203,8 @@ export class VideoService {
         tenantId: input.tenantId,
         keyId: input.keyId,
         model: resolved.model.id,
-        provider: provider.id,
-        upstreamModel: input.upstreamModel,
+        provider: first.provider.id,
+        upstreamModel: first.upstreamModel,
         providerJobId: null,
         prompt,
         seconds: resolved.seconds,
@@ -181,40 +236,63 @@ export class VideoService {
       },
     );
 
-    let providerJobId: string;
-    try {
-      ({ providerJobId } = await provider.submit({
-        jobId,
-        upstreamModel: job.upstreamModel,
-        prompt,
-        seconds: job.seconds,
-        size: job.size,
-        ...(input.inputReference ? { inputReference: input.inputReference } : {}),
-        ...(input.remixOf ? { remixOfProviderJobId: input.remixOf.providerJobId } : {}),
-      }));
-    } catch (error) {
-      const message =
-        error instanceof ProviderError ? error.message : 'The provider could not be reached';
-      const failed = await pipeline.fail(job, { code: 'upstream_error', message });
-      const refunded = await store.getBalance(input.tenantId);
-      throw new AppError('upstream_error', `${message}. Credits refunded.`, {
-        cause: error,
-        details: { videoId: failed.jobId, creditsRemaining: refunded },
-      });
+    let lastError: unknown;
+    for (const [index, route] of routes.entries()) {
+      try {
+        const { providerJobId } = await route.provider.submit({
+          jobId,
+          ...routeParams(route),
+          prompt,
+          seconds: job.seconds,
+          size: job.size,
+          ...(input.inputReference ? { inputReference: input.inputReference } : {}),
+          ...(input.remixOf ? { remixOfProviderJobId: input.remixOf.providerJobId } : {}),
+          ...this.callback(route.provider, jobId),
+        });
+        const submitted = await store.updateJob(
+          jobId,
+          {
+            provider: route.provider.id,
+            upstreamModel: route.upstreamModel,
+            providerJobId,
+            providerStatus: 'queued',
+            nextCheckAt: clock.now() + options.pollIntervalMs,
+            leaseOwner: null,
+            leaseUntil: 0,
+            updatedAt: clock.now(),
+          },
+          { expectVersion: job.version },
+        );
+        return { job: submitted, balance };
+      } catch (error) {
+        lastError = error;
+        const failOver =
+          error instanceof ProviderError &&
+          error.certain &&
+          error.retryable &&
+          index < routes.length - 1;
+        if (!failOver) break;
+      }
     }
-    const submitted = await store.updateJob(
-      jobId,
-      {
-        providerJobId,
-        providerStatus: 'queued',
-        nextCheckAt: clock.now() + options.pollIntervalMs,
-        leaseOwner: null,
-        leaseUntil: 0,
-        updatedAt: clock.now(),
-      },
-      { expectVersion: job.version },
-    );
-    return { job: submitted, balance };
+    const unknown = lastError instanceof ProviderError && !lastError.certain;
+    const message =
+      lastError instanceof ProviderError ? lastError.message : 'The provider could not be reached';
+    const failed = await pipeline.fail(job, {
+      code: unknown ? 'upstream_unknown' : 'upstream_error',
+      message: unknown ? `${message} (outcome unknown; not resubmitted)` : message,
+    });
+    const refunded = await store.getBalance(input.tenantId);
+    throw new AppError('upstream_error', `${message}. Credits refunded.`, {
+      cause: lastError,
+      details: { videoId: failed.jobId, creditsRemaining: refunded },
+    });
+  }
+
+  /** Where the upstream should report completion, when upstream webhooks are on. */
+  private callback(provider: VideoProvider, jobId: string): { callbackUrl?: string } {
+    const base = this.deps.options.upstreamWebhookBaseUrl;
+    if (!base || !provider.verifyWebhook) return {};
+    return { callbackUrl: `${base}/webhooks/upstream/${provider.id}?job=${jobId}` };
   }
 
   /**

@@ -8,6 +8,7 @@ import { prepareErrorReply, presentSeedError, toAppError } from './errors.ts';
 import { registerOpenApi } from './openapi.ts';
 import { filesRoutes } from './routes/files.ts';
 import { seedRoutes } from './routes/seed/video.ts';
+import { upstreamWebhookRoutes } from './routes/upstream-webhooks.ts';
 import { isOpenAIPath, openAIRetryHeader, presentOpenAIError } from './routes/v1/errors.ts';
 import { v1Routes } from './routes/v1/routes.ts';
 
@@ -84,6 +85,7 @@ export async function buildApp(
   await registerOpenApi(app, services);
   await app.register(seedRoutes(services));
   await app.register(v1Routes(services), { prefix: '/v1' });
+  await app.register(upstreamWebhookRoutes(services));
   if (services.fileServer) await app.register(filesRoutes(services.fileServer));
   return app;
 }

@@ -9,7 +9,7 @@ import type { APIGatewayProxyEvent, APIGatewayProxyResult, Context } from 'aws-l
 import { loadConfig } from '../../src/config.ts';
 import { createServices } from '../../src/services.ts';
 import { type SsmEmulator, startSsmEmulator } from '../emulators/ssm-emulator.ts';
-import { eventually } from '../support/gateway.ts';
+import { eventually, freePort } from '../support/gateway.ts';
 
 const MP4 = new URL('../../assets/landscape.mp4', import.meta.url);
 const PUBLIC_URL = 'https://abc123.execute-api.us-east-1.amazonaws.com';
@@ -143,6 +143,10 @@ describe('Lambda handlers (API Gateway REST + EventBridge worker, secrets from S
       REELPOSTLY_DATA_DIR: dataDir,
       REELPOSTLY_PUBLIC_URL: PUBLIC_URL,
       REELPOSTLY_SIMULATED_SECONDS: '1',
+      // The OpenAI key from SSM configures that upstream; nothing listens on this port,
+      // so sora-2's first route is refused and the job fails over to the simulated one.
+      OPENAI_BASE_URL: `http://127.0.0.1:${await freePort()}/v1`,
+      REELPOSTLY_SIMULATED: 'true',
       REELPOSTLY_POLL_INTERVAL_MS: '100',
       REELPOSTLY_WORKER_INTERVAL_MS: '50',
       REELPOSTLY_WORKER_BUDGET_MS: '2000',
