@@ -29,6 +29,7 @@ const VIDEO_KEYS = [
   'prompt',
   'remixed_from_video_id',
   'seconds',
+  'served_by',
   'size',
   'status',
 ];

@@ -28,8 +28,18 @@ export const VideoSchema = Type.Object(
     seconds: Type.String({ examples: ['4'] }),
     remixed_from_video_id: Type.Union([Type.String(), Type.Null()]),
     error: Type.Union([Type.Object({ code: Type.String(), message: Type.String() }), Type.Null()]),
+    served_by: Type.Object(
+      {
+        provider: Type.String({ examples: ['fal'] }),
+        model: Type.String({ examples: ['fal-ai/veo3.1'] }),
+      },
+      {
+        description:
+          'Extension: the upstream provider and model that serve this video (after any failover).',
+      },
+    ),
   },
-  { description: "OpenAI's Video object" },
+  { description: "OpenAI's Video object, plus `served_by`" },
 );
 
 export type OpenAIVideo = Static<typeof VideoSchema>;
@@ -59,6 +69,7 @@ export function presentVideo(job: Job): OpenAIVideo {
     seconds: String(job.seconds),
     remixed_from_video_id: job.remixedFromJobId,
     error: job.error ? { code: job.error.code, message: job.error.message } : null,
+    served_by: { provider: job.provider, model: job.upstreamModel },
   };
 }
 
