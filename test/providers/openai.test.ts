@@ -368,7 +368,8 @@ describe('OpenAICompatibleProvider against the /v1/videos emulator', () => {
       apiKey: API_KEY,
       baseUrl: emulator.baseUrl,
       clock,
-      timeoutMs: 100,
+      // Long enough for a loaded machine to deliver the request before the client gives up.
+      timeoutMs: 1000,
     });
     const input = { ...base, upstreamModel: 'sora-2', seconds: 4, size: '1280x720' };
     for (const fault of ['hangNextCreate', 'resetNextCreate'] as const) {

@@ -429,7 +429,8 @@ describe('ReplicateProvider error classification', () => {
 
   it('a create that times out after it was sent: certain false, exactly one create', async () => {
     emulator.knobs.hangNextCreate = true;
-    const impatient = provider({ timeoutMs: 80 });
+    // Long enough for a loaded machine to deliver the request before the client gives up.
+    const impatient = provider({ timeoutMs: 1000 });
     const error = await rejectsWith(impatient.submit(job()), { certain: false, retryable: true });
     assert.match(error.message, /outcome is unknown/);
     assert.equal(creates().length, 1);
