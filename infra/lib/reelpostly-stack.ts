@@ -114,6 +114,7 @@ export class ReelpostlyStack extends Stack {
       REELPOSTLY_SSM_PREFIX: ssmPrefix,
       REELPOSTLY_DATA_DIR: '/tmp/reelpostly',
       REELPOSTLY_CATALOG: `${TASK_ROOT}/config/catalog.json`,
+      REELPOSTLY_ASSETS_DIR: `${TASK_ROOT}/assets`,
       REELPOSTLY_CORS_ORIGINS: corsOrigins.join(','),
       REELPOSTLY_DEMO: 'false',
       REELPOSTLY_WORKER: 'false',
@@ -199,15 +200,6 @@ export class ReelpostlyStack extends Stack {
         externalModules: [],
         esbuildArgs: {
           '--alias:better-sqlite3': resolve(REPO_ROOT, 'infra/lambda/better-sqlite3-stub.ts'),
-        },
-        define: {
-          // The simulated provider finds its sample files three folders above its own
-          // module (`src/providers/simulated` -> `assets`); in one bundle every module
-          // shares the bundle's URL, so name a module path three levels below the task
-          // root, where afterBundling copies `assets/`.
-          'import.meta.url': JSON.stringify(
-            `file://${TASK_ROOT}/src/providers/simulated/simulated-provider.js`,
-          ),
         },
         commandHooks: {
           beforeBundling: () => [],
