@@ -1,5 +1,6 @@
 import { resolve } from 'node:path';
 import { DEFAULT_CATALOG_PATH } from './core/catalog.ts';
+import { MAX_BATCH_JOBS } from './core/ports.ts';
 
 /** Every setting the gateway reads, from the environment, once, at start. */
 export interface Config {
@@ -24,6 +25,8 @@ export interface Config {
   signingSecret: string | null;
   catalogPath: string;
   simulatedSeconds: number;
+  /** Sample files the simulated provider serves; null means the repository's `assets/`. */
+  assetsDir: string | null;
   /** Whether the built-in simulated provider serves models: `auto` = only when no real upstream is configured. */
   simulated: boolean;
   /** Upstreams, each configured when its key is set. */
@@ -33,6 +36,8 @@ export interface Config {
       baseUrl?: string;
       apiKeyHeader?: string;
       webhookSecret?: string;
+      /** Per-request timeout: cuts a hung status call or a download that never starts. */
+      timeoutMs?: number;
     } | null;
     openrouter: { apiKey: string; baseUrl?: string; webhookSecret?: string } | null;
     fal: { apiKey: string; baseUrl?: string; jwksUrl?: string } | null;
@@ -51,6 +56,8 @@ export interface Config {
     intervalMs: number;
     concurrency: number;
     batchSize: number;
+    /** Most jobs per second the worker advances (polls) per provider; 0 means unlimited. */
+    providerPollRate: number;
     /** Longest one scheduled worker invocation (Lambda) keeps ticking. */
     budgetMs: number;
   };
@@ -61,6 +68,16 @@ export interface Config {
     deadlineMs: number;
     maxCheckFailures: number;
     maxBackoffMs: number;
+  };
+  /** Tenant webhooks and batches (issue 7). */
+  webhooks: {
+    /** Hosts webhooks may reach although private (and over http): development and tests. */
+    allowHosts: string[];
+    timeoutMs: number;
+    /** How long a rotated-out secret keeps signing. */
+    rotationOverlapMs: number;
+    lowCreditThreshold: number;
+    batchMaxItems: number;
   };
 }
 
@@ -112,6 +129,7 @@ function optional<K extends string>(
 }
 
 function loadUpstreams(env: Env): Config['upstreams'] {
+  const openaiTimeoutMs = int(env, 'OPENAI_TIMEOUT_MS', 0, 0);
   return {
     openai: env.OPENAI_API_KEY
       ? {
@@ -121,6 +139,7 @@ function loadUpstreams(env: Env): Config['upstreams'] {
             apiKeyHeader: env.OPENAI_API_KEY_HEADER,
             webhookSecret: env.OPENAI_WEBHOOK_SECRET,
           }),
+          ...(openaiTimeoutMs > 0 ? { timeoutMs: openaiTimeoutMs } : {}),
         }
       : null,
     openrouter: env.OPENROUTER_API_KEY
@@ -180,6 +199,7 @@ export function loadConfig(env: Env = process.env): Config {
     signingSecret: env.REELPOSTLY_SIGNING_SECRET || null,
     catalogPath: resolve(env.REELPOSTLY_CATALOG || DEFAULT_CATALOG_PATH),
     simulatedSeconds: int(env, 'REELPOSTLY_SIMULATED_SECONDS', 8),
+    assetsDir: env.REELPOSTLY_ASSETS_DIR ? resolve(env.REELPOSTLY_ASSETS_DIR) : null,
     simulated:
       simulatedMode === 'auto'
         ? Object.values(upstreams).every((u) => u === null)
@@ -202,6 +222,7 @@ export function loadConfig(env: Env = process.env): Config {
       intervalMs: int(env, 'REELPOSTLY_WORKER_INTERVAL_MS', 500, 10),
       concurrency: int(env, 'REELPOSTLY_WORKER_CONCURRENCY', 8, 1),
       batchSize: int(env, 'REELPOSTLY_WORKER_BATCH', 100, 1),
+      providerPollRate: int(env, 'REELPOSTLY_PROVIDER_POLL_RATE', 0),
       budgetMs: int(env, 'REELPOSTLY_WORKER_BUDGET_MS', Number.POSITIVE_INFINITY),
     },
     jobs: {
@@ -211,6 +232,16 @@ export function loadConfig(env: Env = process.env): Config {
       deadlineMs: int(env, 'REELPOSTLY_JOB_DEADLINE_SECONDS', 3600, 1) * 1000,
       maxCheckFailures: int(env, 'REELPOSTLY_MAX_CHECK_FAILURES', 8, 1),
       maxBackoffMs: int(env, 'REELPOSTLY_MAX_BACKOFF_MS', 60_000, 10),
+    },
+    webhooks: {
+      allowHosts: (env.REELPOSTLY_WEBHOOK_ALLOW_HOSTS ?? '')
+        .split(',')
+        .map((host) => host.trim().toLowerCase())
+        .filter(Boolean),
+      timeoutMs: int(env, 'REELPOSTLY_WEBHOOK_TIMEOUT_MS', 10_000, 100),
+      rotationOverlapMs: int(env, 'REELPOSTLY_WEBHOOK_ROTATION_OVERLAP_HOURS', 24) * 3_600_000,
+      lowCreditThreshold: int(env, 'REELPOSTLY_LOW_CREDIT_THRESHOLD', 10),
+      batchMaxItems: Math.min(int(env, 'REELPOSTLY_BATCH_MAX_ITEMS', 50, 1), MAX_BATCH_JOBS),
     },
   });
 }

@@ -8,10 +8,19 @@ import { createS3BlobStore } from './blobs/s3/s3-blob-store.ts';
 import type { Config } from './config.ts';
 import { Access } from './core/access.ts';
 import { Accounts } from './core/accounts.ts';
+import { BatchService } from './core/batches.ts';
 import { Catalog } from './core/catalog.ts';
 import { JobPipeline } from './core/pipeline.ts';
 import type { BlobStore, Clock, Store, VideoProvider } from './core/ports.ts';
 import { VideoService } from './core/videos.ts';
+import { WebhookUrlPolicy } from './core/webhook-safety.ts';
+import { WebhookService, withWebhookEvents } from './core/webhooks.ts';
+import {
+  instrumentBlobStore,
+  instrumentProvider,
+  instrumentStore,
+} from './observability/instrument.ts';
+import { createMetrics, type Metrics } from './observability/metrics.ts';
 import { FalProvider } from './providers/fal/fal-provider.ts';
 import { OpenAICompatibleProvider } from './providers/openai/openai-provider.ts';
 import { OpenRouterProvider } from './providers/openrouter/openrouter-provider.ts';
@@ -19,6 +28,7 @@ import { ReplicateProvider } from './providers/replicate/replicate-provider.ts';
 import { defaultAssetsDir, SimulatedProvider } from './providers/simulated/simulated-provider.ts';
 import { createDynamoStore } from './stores/dynamodb/dynamo-store.ts';
 import { createSqliteStore } from './stores/sqlite/sqlite-store.ts';
+import { WebhookDispatcher } from './worker/deliveries.ts';
 
 export interface Services {
   config: Config;
@@ -34,6 +44,12 @@ export interface Services {
   accounts: Accounts;
   pipeline: JobPipeline;
   videos: VideoService;
+  /** Tenant webhooks, their outbox sender, and batches (issue 7). */
+  webhooks: WebhookService;
+  dispatcher: WebhookDispatcher;
+  batches: BatchService;
+  /** Prometheus metrics of this process; store, blobs and providers report to it. */
+  metrics: Metrics;
   close(): Promise<void>;
 }
 
@@ -42,7 +58,13 @@ export const systemClock: Clock = { now: () => Date.now() };
 /** The only place adapters are chosen. */
 export function createServices(
   config: Config,
-  overrides: { clock?: Clock; logger?: Logger; providers?: VideoProvider[] } = {},
+  overrides: {
+    clock?: Clock;
+    logger?: Logger;
+    providers?: VideoProvider[];
+    /** Who operator actions are audited as, e.g. `cli:alice`. */
+    actor?: string;
+  } = {},
 ): Services {
   const clock = overrides.clock ?? systemClock;
   const logger = overrides.logger ?? pino({ level: config.logLevel });
@@ -50,10 +72,13 @@ export function createServices(
 
   const catalog = Catalog.load(config.catalogPath);
   // The AWS SDK reads region, credentials and AWS_ENDPOINT_URL_{DYNAMODB,S3} itself.
-  const store =
+  const metrics = createMetrics();
+  const store = instrumentStore(
     config.store === 'dynamodb'
       ? createDynamoStore({ tableName: config.dynamodbTable })
-      : createSqliteStore({ path: config.sqlitePath });
+      : createSqliteStore({ path: config.sqlitePath }),
+    metrics,
+  );
   const fileServer =
     config.blobs === 'fs'
       ? new FsBlobStore({
@@ -63,21 +88,41 @@ export function createServices(
           clock,
         })
       : null;
-  const blobs: BlobStore =
+  const blobs: BlobStore = instrumentBlobStore(
     fileServer ??
-    createS3BlobStore({
-      bucket: config.s3.bucket,
-      prefix: config.s3.prefix,
-      client: new S3Client({ forcePathStyle: config.s3.forcePathStyle }),
-    });
+      createS3BlobStore({
+        bucket: config.s3.bucket,
+        prefix: config.s3.prefix,
+        client: new S3Client({ forcePathStyle: config.s3.forcePathStyle }),
+      }),
+    metrics,
+  );
 
   const providers = new Map(
-    (overrides.providers ?? configuredProviders(config, clock)).map((p) => [p.id, p]),
+    (overrides.providers ?? configuredProviders(config, clock)).map((p) => [
+      p.id,
+      instrumentProvider(p, metrics),
+    ]),
   );
   warnUnservableRoutes(catalog, providers, logger);
 
-  const pipeline = new JobPipeline({
+  // Issue 7: job writes go through the outbox decorator, so a job's end and its
+  // webhook events commit together.
+  const policy = new WebhookUrlPolicy({ allowHosts: config.webhooks.allowHosts });
+  const webhooks = new WebhookService({
     store,
+    clock,
+    policy,
+    logger,
+    options: {
+      rotationOverlapMs: config.webhooks.rotationOverlapMs,
+      lowCreditThreshold: config.webhooks.lowCreditThreshold,
+    },
+  });
+  const evented = withWebhookEvents(store, webhooks);
+
+  const pipeline = new JobPipeline({
+    store: evented,
     blobs,
     providers,
     clock,
@@ -91,7 +136,7 @@ export function createServices(
     },
   });
   const videos = new VideoService({
-    store,
+    store: evented,
     blobs,
     catalog,
     providers,
@@ -115,9 +160,31 @@ export function createServices(
     catalog,
     providers,
     access: new Access(store, catalog, clock),
-    accounts: new Accounts(store, catalog, clock),
+    accounts: new Accounts(store, catalog, clock, overrides.actor),
     pipeline,
     videos,
+    metrics,
+    webhooks,
+    dispatcher: new WebhookDispatcher({
+      store,
+      clock,
+      logger,
+      policy,
+      options: { timeoutMs: config.webhooks.timeoutMs, leaseMs: config.webhooks.timeoutMs * 3 },
+    }),
+    batches: new BatchService({
+      store: evented,
+      catalog,
+      videos,
+      webhooks,
+      clock,
+      options: {
+        maxItems: config.webhooks.batchMaxItems,
+        submitTimeoutMs: config.jobs.submitTimeoutMs,
+        checkIntervalMs: config.jobs.pollIntervalMs,
+        submitConcurrency: 4,
+      },
+    }),
     close: () => store.close(),
   };
 }
@@ -135,7 +202,7 @@ function configuredProviders(config: Config, clock: Clock): VideoProvider[] {
       new SimulatedProvider({
         clock,
         durationMs: config.simulatedSeconds * 1000,
-        assetsDir: defaultAssetsDir(),
+        assetsDir: config.assetsDir ?? defaultAssetsDir(),
       }),
     );
   }

@@ -1,7 +1,8 @@
 import { Command, InvalidArgumentError } from 'commander';
 import { quotaPeriod } from '../core/limits.ts';
-import type { ApiKey, Job, LedgerEntry, Tenant, TenantStatus } from '../core/ports.ts';
+import type { ApiKey, AuditEntry, Job, LedgerEntry, Tenant, TenantStatus } from '../core/ports.ts';
 import type { Services } from '../services.ts';
+import { addWebhookCommands } from './webhooks.ts';
 
 export interface CliIo {
   out(text: string): void;
@@ -78,11 +79,23 @@ function ledgerRow(e: LedgerEntry): Row {
   };
 }
 
+function auditRow(e: AuditEntry): Row {
+  return {
+    at: iso(e.at),
+    actor: e.actor,
+    action: e.action,
+    tenant: e.tenantId,
+    target: e.target,
+    details: JSON.stringify(e.details),
+  };
+}
+
 function jobRow(j: Job): Row {
   return {
     videoId: j.jobId,
     tenant: j.tenantId,
     model: j.model,
+    servedBy: `${j.provider}:${j.upstreamModel}`,
     state: j.state,
     progress: j.progress,
     cost: j.cost,
@@ -227,6 +240,8 @@ export function buildProgram(options: {
       }),
     );
 
+  addWebhookCommands(program, { withServices, print });
+
   const keys = program.command('keys').description('Manage API keys');
   keys
     .command('create <tenantId>')
@@ -337,6 +352,31 @@ export function buildProgram(options: {
             ]),
             ...(page.next ? [`More: --after ${page.next}`] : []),
           ].join('\n'),
+        );
+      }),
+    );
+
+  program
+    .command('audit')
+    .description('Operator actions (credits, keys, tenant changes), newest first')
+    .option('--tenant <tenantId>', 'only this tenant')
+    .option('--limit <n>', 'entries to show', integer, 50)
+    .option('--json', 'print JSON')
+    .action((o: { tenant?: string; limit: number; json?: boolean }) =>
+      withServices(async (s) => {
+        const entries = await s.accounts.auditLog({
+          limit: o.limit,
+          ...(o.tenant ? { tenantId: o.tenant } : {}),
+        });
+        print(o.json, entries, () =>
+          formatTable(entries.map(auditRow), [
+            'at',
+            'actor',
+            'action',
+            'tenant',
+            'target',
+            'details',
+          ]),
         );
       }),
     );

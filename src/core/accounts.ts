@@ -2,7 +2,17 @@ import type { Catalog } from './catalog.ts';
 import { AppError } from './errors.ts';
 import { newId } from './ids.ts';
 import { generateApiKey } from './keys.ts';
-import type { ApiKey, Clock, LedgerEntry, Page, Store, Tenant, TenantStatus } from './ports.ts';
+import type {
+  ApiKey,
+  AuditAction,
+  AuditEntry,
+  Clock,
+  LedgerEntry,
+  Page,
+  Store,
+  Tenant,
+  TenantStatus,
+} from './ports.ts';
 
 export interface IssuedKey {
   key: ApiKey;
@@ -12,12 +22,22 @@ export interface IssuedKey {
 
 const EMAIL = /^[^\s@]+@[^\s@]+\.[^\s@]+$/;
 
-/** Tenants, their keys and credits: what operators (CLI, later a dashboard) manage. */
+const STATUS_ACTIONS: Record<TenantStatus, AuditAction> = {
+  active: 'tenant.activated',
+  suspended: 'tenant.suspended',
+  cancelled: 'tenant.cancelled',
+};
+
+/**
+ * Tenants, their keys and credits: what operators (CLI, later a dashboard) manage.
+ * Every change is written to the audit log as done by `actor` (e.g. `cli:alice`).
+ */
 export class Accounts {
   constructor(
     private readonly store: Store,
     private readonly catalog: Catalog,
     private readonly clock: Clock,
+    private readonly actor = 'system',
   ) {}
 
   async createTenant(input: {
@@ -42,6 +62,10 @@ export class Accounts {
       createdAt: this.clock.now(),
     };
     await this.store.createTenant(tenant);
+    await this.audit('tenant.created', tenant.tenantId, tenant.tenantId, {
+      email: tenant.email,
+      planId,
+    });
     const balance =
       credits > 0
         ? (await this.addCredits(tenant.tenantId, credits, { reason: 'initial grant' })).balance
@@ -61,12 +85,21 @@ export class Accounts {
   }
 
   async setStatus(tenantId: string, status: TenantStatus): Promise<Tenant> {
-    return this.store.updateTenant(tenantId, { status });
+    const before = await this.getTenant(tenantId);
+    const tenant = await this.store.updateTenant(tenantId, { status });
+    await this.audit(STATUS_ACTIONS[status], tenantId, tenantId, { from: before.status });
+    return tenant;
   }
 
   async setPlan(tenantId: string, planId: string): Promise<Tenant> {
     this.catalog.plan(planId);
-    return this.store.updateTenant(tenantId, { planId });
+    const before = await this.getTenant(tenantId);
+    const tenant = await this.store.updateTenant(tenantId, { planId });
+    await this.audit('tenant.plan_changed', tenantId, tenantId, {
+      from: before.planId,
+      to: planId,
+    });
+    return tenant;
   }
 
   async createKey(
@@ -87,6 +120,11 @@ export class Accounts {
       revokedAt: null,
     };
     await this.store.createKey(key);
+    await this.audit('key.created', tenantId, key.keyId, {
+      name: key.name,
+      prefix: key.prefix,
+      expiresAt: key.expiresAt,
+    });
     return { key, plaintext };
   }
 
@@ -95,8 +133,10 @@ export class Accounts {
     return this.store.listKeys(tenantId);
   }
 
-  revokeKey(keyId: string): Promise<ApiKey> {
-    return this.store.revokeKey(keyId, this.clock.now());
+  async revokeKey(keyId: string): Promise<ApiKey> {
+    const key = await this.store.revokeKey(keyId, this.clock.now());
+    await this.audit('key.revoked', key.tenantId, keyId, { prefix: key.prefix });
+    return key;
   }
 
   /** Grants (positive) or adjusts (negative) credits through the ledger. */
@@ -117,12 +157,43 @@ export class Accounts {
       jobId: null,
       createdAt: this.clock.now(),
     });
+    await this.audit('credits.added', tenantId, entry.entryId, {
+      amount,
+      reason: entry.reason,
+      balance,
+    });
     return { balance, entry };
   }
 
   async balance(tenantId: string): Promise<number> {
     await this.getTenant(tenantId);
     return this.store.getBalance(tenantId);
+  }
+
+  /** Operator actions, newest first; one tenant's or everyone's. */
+  auditLog(options: { tenantId?: string; limit: number }): Promise<AuditEntry[]> {
+    return this.store.listAudit(options);
+  }
+
+  /**
+   * Written after the action succeeds, so the log never shows an action that did not
+   * happen; a crash in between loses the entry, not the action.
+   */
+  private audit(
+    action: AuditAction,
+    tenantId: string,
+    target: string,
+    details: AuditEntry['details'],
+  ): Promise<void> {
+    return this.store.appendAudit({
+      auditId: newId('audit'),
+      at: this.clock.now(),
+      actor: this.actor,
+      action,
+      tenantId,
+      target,
+      details,
+    });
   }
 
   async ledger(

@@ -1,5 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { hostname } from 'node:os';
+import { pipeline as pipe, Transform } from 'node:stream';
 import { AppError, isAppError, ProviderError } from './errors.ts';
 import type {
   BlobStore,
@@ -8,6 +9,7 @@ import type {
   JobError,
   JobPatch,
   NewLedgerEntry,
+  ProviderDownload,
   Store,
   StoredAsset,
   VideoProvider,
@@ -212,14 +214,14 @@ export class JobPipeline {
     | { outcome: 'retry'; error: unknown }
   > {
     const providerJobId = job.providerJobId as string;
-    const { blobs, logger } = this.deps;
+    const { logger } = this.deps;
     let bytes: number;
     try {
       const download = await provider.download(providerJobId, 'video');
       if (!download) return { outcome: 'gone' };
-      ({ bytes } = await blobs.put(blobKey(job, 'video'), download.body, {
+      ({ bytes } = await this.store(job, 'video', {
+        ...download,
         contentType: CONTENT.video.contentType,
-        ...(download.bytes === undefined ? {} : { expectedBytes: download.bytes }),
       }));
     } catch (error) {
       if (error instanceof ProviderError && !error.retryable) return { outcome: 'gone' };
@@ -230,16 +232,55 @@ export class JobPipeline {
       try {
         const download = await provider.download(providerJobId, variant);
         if (!download) continue;
-        await blobs.put(blobKey(job, variant), download.body, {
-          contentType: download.contentType,
-          ...(download.bytes === undefined ? {} : { expectedBytes: download.bytes }),
-        });
+        await this.store(job, variant, download);
         keys[variant] = blobKey(job, variant);
       } catch (error) {
         logger.warn({ jobId: job.jobId, variant, err: error }, 'optional variant not stored');
       }
     }
     return { outcome: 'stored', asset: { keys, bytes, filename: `${job.jobId}.mp4` } };
+  }
+
+  /**
+   * Streams one download into its blob. The adapters' timeouts end when the headers
+   * arrive, so a body that stalls would hold the job (its lease renewed) forever: it is
+   * cut when no byte arrives for a lease period, or when the job's deadline passes. The
+   * body is always closed, even when the store fails before reading it.
+   */
+  private async store(job: Job, variant: VideoVariant, download: ProviderDownload) {
+    const { blobs, clock, options } = this.deps;
+    let lastByteAt = clock.now();
+    const watched = new Transform({
+      transform(chunk: Buffer, _encoding, callback) {
+        lastByteAt = clock.now();
+        callback(null, chunk);
+      },
+    });
+    const watchdog = setInterval(
+      () => {
+        const now = clock.now();
+        const reason =
+          now - job.createdAt > options.jobDeadlineMs
+            ? 'the job deadline passed'
+            : now - lastByteAt > options.leaseMs
+              ? `no bytes for ${options.leaseMs} ms`
+              : null;
+        if (reason) watched.destroy(new Error(`Download of ${variant} cut: ${reason}`));
+      },
+      Math.max(50, Math.floor(options.leaseMs / 3)),
+    );
+    // The store sees the body's errors through `watched`, which this pipe destroys with them.
+    pipe(download.body, watched, () => {});
+    try {
+      return await blobs.put(blobKey(job, variant), watched, {
+        contentType: download.contentType,
+        ...(download.bytes === undefined ? {} : { expectedBytes: download.bytes }),
+      });
+    } finally {
+      clearInterval(watchdog);
+      download.body.destroy();
+      watched.destroy();
+    }
   }
 
   /** The submit's outcome is unknown (we crashed while submitting): resubmit only if that cannot bill twice. */

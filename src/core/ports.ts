@@ -207,12 +207,13 @@ export interface JobStore {
   /**
    * Applies the patch iff the stored version equals `expectVersion` (else AppError
    * `version_conflict`), bumping the version. A `ledger` entry commits atomically with
-   * it (how a failure and its refund land together).
+   * it (how a failure and its refund land together), and so do outbox `deliveries`
+   * (how a job's end and its webhook events land together).
    */
   updateJob(
     jobId: string,
     patch: JobPatch,
-    options: { expectVersion: number; ledger?: NewLedgerEntry },
+    options: { expectVersion: number; ledger?: NewLedgerEntry; deliveries?: Delivery[] },
   ): Promise<Job>;
   /**
    * Takes the job's lease for `owner` if it is free, expired or already `owner`'s,
@@ -309,12 +310,211 @@ export interface Store
     CreditLedger,
     JobStore,
     LimitStore,
-    IdempotencyStore {
+    IdempotencyStore,
+    AuditLog,
+    WebhookStore,
+    OutboxStore,
+    BatchStore {
   /** Brings the schema to the current version; safe to run repeatedly. */
   migrate(): Promise<void>;
   /** Cheap round trip proving the store answers. */
   ping(): Promise<void>;
   close(): Promise<void>;
+}
+
+// ---------------------------------------------------------------- audit log
+
+/** What operators did, e.g. `tenant.created`, `key.revoked`, `credits.added`. */
+export type AuditAction =
+  | 'tenant.created'
+  | 'tenant.suspended'
+  | 'tenant.activated'
+  | 'tenant.cancelled'
+  | 'tenant.plan_changed'
+  | 'key.created'
+  | 'key.revoked'
+  | 'credits.added';
+
+export interface AuditEntry {
+  /** Unique id; also breaks ties between entries of the same millisecond. */
+  auditId: string;
+  at: number;
+  /** Who acted, e.g. `cli:alice`. */
+  actor: string;
+  action: AuditAction;
+  /** The tenant the action concerns. */
+  tenantId: string;
+  /** What was acted on: the tenant id, key id or ledger entry id. */
+  target: string;
+  /** Action-specific facts (amounts, old and new values); never secrets. */
+  details: Record<string, unknown>;
+}
+
+export interface AuditLog {
+  /** Appends one entry; entries are never changed or removed. */
+  appendAudit(entry: AuditEntry): Promise<void>;
+  /** Newest first: one tenant's entries, or everyone's when `tenantId` is absent. */
+  listAudit(options: { tenantId?: string; limit: number }): Promise<AuditEntry[]>;
+}
+
+// ---------------------------------------------------------------- webhooks, outbox, batches (issue 7)
+
+export type WebhookEventType =
+  | 'video.completed'
+  | 'video.failed'
+  | 'video.progress'
+  | 'batch.completed'
+  | 'credits.low';
+
+export interface WebhookEndpoint {
+  /** `wh_<hex>`. */
+  endpointId: string;
+  tenantId: string;
+  url: string;
+  events: WebhookEventType[];
+  /** `whsec_<base64>`: kept in clear because every delivery is signed with it. */
+  secret: string;
+  /** The secret before the last rotation; it also signs until `previousSecretExpiresAt`. */
+  previousSecret: string | null;
+  previousSecretExpiresAt: number | null;
+  status: 'enabled' | 'disabled';
+  /** Why the gateway disabled it (e.g. the receiver answered 410). */
+  disabledReason: string | null;
+  createdAt: number;
+  updatedAt: number;
+}
+
+export type EndpointPatch = Partial<
+  Pick<
+    WebhookEndpoint,
+    | 'secret'
+    | 'previousSecret'
+    | 'previousSecretExpiresAt'
+    | 'status'
+    | 'disabledReason'
+    | 'updatedAt'
+  >
+>;
+
+export interface WebhookStore {
+  /** Inserts an endpoint; throws AppError `not_found` for an unknown tenant. */
+  createEndpoint(endpoint: WebhookEndpoint): Promise<void>;
+  getEndpoint(endpointId: string): Promise<WebhookEndpoint | null>;
+  /** A tenant's endpoints, oldest first. */
+  listEndpoints(tenantId: string): Promise<WebhookEndpoint[]>;
+  /** Applies the patch; throws AppError `not_found` for an unknown endpoint. */
+  updateEndpoint(endpointId: string, patch: EndpointPatch): Promise<WebhookEndpoint>;
+  /** Removes the endpoint (missing is fine); its delivery log stays. */
+  deleteEndpoint(endpointId: string): Promise<void>;
+}
+
+export interface DeliveryAttempt {
+  at: number;
+  latencyMs: number;
+  /** HTTP status of the answer; null when none came (DNS, refused address, timeout). */
+  statusCode: number | null;
+  /** At most 256 bytes of the answer's body: receivers' pages are not ours to keep. */
+  responseBody: string;
+  error: string | null;
+}
+
+export type DeliveryStatus = 'pending' | 'delivered' | 'failed';
+
+/** One event for one endpoint: the outbox row and, once tried, its delivery log. */
+export interface Delivery {
+  /** `<eventId>@<endpointId>`, so enqueueing an event twice writes it once. */
+  deliveryId: string;
+  /** Sent as `webhook-id`: the same on every retry and replay; receivers dedupe on it. */
+  eventId: string;
+  eventType: WebhookEventType;
+  tenantId: string;
+  endpointId: string;
+  /** The JSON body, exactly as signed and sent. */
+  payload: string;
+  status: DeliveryStatus;
+  /** Every attempt so far, oldest first (bounded by the retry schedule). */
+  attempts: DeliveryAttempt[];
+  /** When the worker should next try; null once delivered or given up. */
+  nextAttemptAt: number | null;
+  createdAt: number;
+  updatedAt: number;
+  /** Incremented by every write; the basis of optimistic concurrency. */
+  version: number;
+}
+
+export type DeliveryPatch = Partial<
+  Pick<Delivery, 'status' | 'attempts' | 'nextAttemptAt' | 'updatedAt'>
+>;
+
+export interface OutboxStore {
+  /** Inserts the deliveries atomically; ids that exist already are left untouched. */
+  enqueueDeliveries(deliveries: Delivery[]): Promise<void>;
+  getDelivery(deliveryId: string): Promise<Delivery | null>;
+  /** Pending deliveries with nextAttemptAt <= now, soonest first. */
+  listDueDeliveries(options: { now: number; limit: number }): Promise<Delivery[]>;
+  /** An endpoint's deliveries, newest first; `after` is a deliveryId of a previous page. */
+  listDeliveries(options: {
+    endpointId: string;
+    after?: string;
+    limit: number;
+  }): Promise<Page<Delivery>>;
+  /**
+   * Applies the patch iff the stored version equals `expectVersion` (else AppError
+   * `version_conflict`; `not_found` when missing), bumping the version.
+   */
+  updateDelivery(
+    deliveryId: string,
+    patch: DeliveryPatch,
+    options: { expectVersion: number },
+  ): Promise<Delivery>;
+}
+
+export interface Batch {
+  /** `batch_<hex>`. */
+  batchId: string;
+  tenantId: string;
+  /** The batch's jobs, in request order. */
+  jobIds: string[];
+  /** Credits reserved for the whole batch by its one charge entry. */
+  cost: number;
+  status: 'running' | 'completed';
+  createdAt: number;
+  updatedAt: number;
+  completedAt: number | null;
+  /** When the worker should next check whether every item ended; null once completed. */
+  nextCheckAt: number | null;
+  version: number;
+}
+
+export type BatchPatch = Partial<
+  Pick<Batch, 'status' | 'completedAt' | 'nextCheckAt' | 'updatedAt'>
+>;
+
+/** Most jobs one batch may hold: its DynamoDB transaction must stay under 100 items. */
+export const MAX_BATCH_JOBS = 90;
+
+export interface BatchStore {
+  /**
+   * Inserts the batch, all its jobs and the ONE `charge` covering them in one atomic
+   * step: everything or nothing (AppError `insufficient_credits` with nothing written).
+   * At most MAX_BATCH_JOBS jobs.
+   */
+  createBatch(
+    batch: Batch,
+    options: { jobs: Job[]; charge: NewLedgerEntry },
+  ): Promise<{ batch: Batch; balance: number }>;
+  getBatch(batchId: string): Promise<Batch | null>;
+  /** Running batches whose nextCheckAt <= now, soonest first. */
+  listDueBatches(options: { now: number; limit: number }): Promise<Batch[]>;
+  /**
+   * Applies the patch iff the stored version equals `expectVersion` (else AppError
+   * `version_conflict`), with outbox `deliveries` in the same atomic step.
+   */
+  updateBatch(
+    batchId: string,
+    patch: BatchPatch,
+    options: { expectVersion: number; deliveries?: Delivery[] },
+  ): Promise<Batch>;
 }
 
 // ---------------------------------------------------------------- blobs

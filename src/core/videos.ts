@@ -26,7 +26,7 @@ export interface GenerateInput {
 }
 
 /** One way to serve a model: a configured provider and how it names the model. */
-interface Route {
+export interface Route {
   provider: VideoProvider;
   upstreamModel: string;
   paramStyle?: string;
@@ -86,7 +86,7 @@ export class VideoService {
    * configured, reference image supported if one was sent, parameters accepted by the
    * adapter. None left is a 400 naming what the routes allow (nothing charged yet).
    */
-  private routesFor(resolved: ResolvedRequest, withReference: boolean): Route[] {
+  routesFor(resolved: ResolvedRequest, withReference: boolean): Route[] {
     const routes: Route[] = [];
     let refusal: AppError | null = null;
     let configured = 0;
@@ -189,7 +189,7 @@ export class VideoService {
     inputReference?: InputReference;
     remixOf?: { jobId: string; providerJobId: string };
   }): Promise<{ job: Job; balance: number }> {
-    const { store, clock, pipeline, options } = this.deps;
+    const { store, clock, options } = this.deps;
     const { resolved, prompt, routes } = input;
     const first = routes[0] as Route;
     const now = clock.now();
@@ -236,6 +236,30 @@ export class VideoService {
       },
     );
 
+    return {
+      job: await this.submit(job, routes, {
+        ...(input.inputReference ? { inputReference: input.inputReference } : {}),
+        ...(input.remixOf ? { remixOf: input.remixOf } : {}),
+      }),
+      balance,
+    };
+  }
+
+  /**
+   * Submits a created, charged job (leased by its creator) to its first route, failing
+   * over as `start` describes. A job that could not be submitted is failed and refunded,
+   * and surfaces as `upstream_error`. Shared by start and batches.
+   */
+  async submit(
+    job: Job,
+    routes: Route[],
+    extras: {
+      inputReference?: InputReference;
+      remixOf?: { jobId: string; providerJobId: string };
+    } = {},
+  ): Promise<Job> {
+    const { store, clock, pipeline, options } = this.deps;
+    const { jobId, prompt } = job;
     let lastError: unknown;
     for (const [index, route] of routes.entries()) {
       try {
@@ -245,8 +269,8 @@ export class VideoService {
           prompt,
           seconds: job.seconds,
           size: job.size,
-          ...(input.inputReference ? { inputReference: input.inputReference } : {}),
-          ...(input.remixOf ? { remixOfProviderJobId: input.remixOf.providerJobId } : {}),
+          ...(extras.inputReference ? { inputReference: extras.inputReference } : {}),
+          ...(extras.remixOf ? { remixOfProviderJobId: extras.remixOf.providerJobId } : {}),
           ...this.callback(route.provider, jobId),
         });
         const submitted = await store.updateJob(
@@ -263,7 +287,7 @@ export class VideoService {
           },
           { expectVersion: job.version },
         );
-        return { job: submitted, balance };
+        return submitted;
       } catch (error) {
         lastError = error;
         const failOver =
@@ -281,7 +305,7 @@ export class VideoService {
       code: unknown ? 'upstream_unknown' : 'upstream_error',
       message: unknown ? `${message} (outcome unknown; not resubmitted)` : message,
     });
-    const refunded = await store.getBalance(input.tenantId);
+    const refunded = await store.getBalance(job.tenantId);
     throw new AppError('upstream_error', `${message}. Credits refunded.`, {
       cause: lastError,
       details: { videoId: failed.jobId, creditsRemaining: refunded },
@@ -379,7 +403,7 @@ export class VideoService {
   }
 }
 
-function validatePrompt(prompt: string | undefined): string {
+export function validatePrompt(prompt: string | undefined): string {
   if (prompt === undefined || prompt === null) {
     throw new AppError('validation_error', 'Missing required field: prompt', { param: 'prompt' });
   }

@@ -7,6 +7,8 @@ import type { Services } from '../services.ts';
 import { prepareErrorReply, presentSeedError, toAppError } from './errors.ts';
 import { registerOpenApi } from './openapi.ts';
 import { filesRoutes } from './routes/files.ts';
+import { opsRoutes } from './routes/ops.ts';
+import { seedBatchRoutes } from './routes/seed/batch.ts';
 import { seedRoutes } from './routes/seed/video.ts';
 import { upstreamWebhookRoutes } from './routes/upstream-webhooks.ts';
 import { isOpenAIPath, openAIRetryHeader, presentOpenAIError } from './routes/v1/errors.ts';
@@ -37,6 +39,17 @@ export async function buildApp(
   app.decorateRequest('caller', null);
   app.addHook('onRequest', async (request, reply) => {
     reply.header('x-request-id', request.id);
+  });
+  // By route pattern, never the raw URL: ids in paths would explode label cardinality.
+  app.addHook('onResponse', async (request, reply) => {
+    services.metrics.httpDuration.observe(
+      {
+        route: request.routeOptions.url ?? 'unmatched',
+        method: request.method,
+        status_code: String(reply.statusCode),
+      },
+      reply.elapsedTime / 1000,
+    );
   });
 
   await app.register(cors, {
@@ -83,7 +96,9 @@ export async function buildApp(
   });
 
   await registerOpenApi(app, services);
+  await app.register(opsRoutes(services));
   await app.register(seedRoutes(services));
+  await app.register(seedBatchRoutes(services));
   await app.register(v1Routes(services), { prefix: '/v1' });
   await app.register(upstreamWebhookRoutes(services));
   if (services.fileServer) await app.register(filesRoutes(services.fileServer));

@@ -1,3 +1,4 @@
+import { userInfo } from 'node:os';
 import { pino } from 'pino';
 import { buildProgram } from '../cli/program.ts';
 import { ConfigError, loadConfig } from '../config.ts';
@@ -14,6 +15,7 @@ const program = buildProgram({
     const config = loadConfig();
     const services = createServices(config, {
       logger: pino({ level: 'warn' }, pino.destination(2)),
+      actor: `cli:${operatorName()}`,
     });
     try {
       await services.store.migrate();
@@ -23,6 +25,15 @@ const program = buildProgram({
     }
   },
 });
+
+/** Who runs the command, for the audit log; containers may have no passwd entry. */
+function operatorName(): string {
+  try {
+    return userInfo().username;
+  } catch {
+    return process.env.USER ?? `uid:${process.getuid?.() ?? 'unknown'}`;
+  }
+}
 
 try {
   await program.parseAsync(process.argv);

@@ -4,6 +4,7 @@ import { loadConfig } from '../config.ts';
 import { buildApp } from '../http/app.ts';
 import { loadSsmParameters } from '../secrets/ssm.ts';
 import { createServices, type Services } from '../services.ts';
+import { runOutbox } from '../worker/deliveries.ts';
 import { advanceJobs } from '../worker/worker.ts';
 
 /** What API Gateway must pass through as bytes: everything the blob stores serve. */
@@ -100,6 +101,7 @@ export async function worker(
       concurrency,
       batchSize,
     });
+    await runOutbox(services, { now: services.clock.now(), concurrency, batchSize });
     summary.ticks += 1;
     if (timeLeft() <= intervalMs) break;
     await new Promise((resolve) => setTimeout(resolve, intervalMs));

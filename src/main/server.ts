@@ -52,9 +52,10 @@ export async function startServer(config: Config): Promise<{ close(): Promise<vo
 
   let closing: Promise<void> | null = null;
   const close = () => {
+    // Stop accepting and drain requests while the worker finishes the jobs under way
+    // (releasing their leases); the store closes only when both are done.
     closing ??= (async () => {
-      await app.close();
-      await worker?.stop();
+      await Promise.all([app.close(), worker?.stop()]);
       await services.close();
     })();
     return closing;

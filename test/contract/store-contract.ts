@@ -7,6 +7,7 @@ import { describe, it } from 'node:test';
 import { type ErrorCode, isAppError } from '../../src/core/errors.ts';
 import type {
   ApiKey,
+  AuditEntry,
   Job,
   LedgerEntry,
   NewLedgerEntry,
@@ -15,6 +16,7 @@ import type {
   Tenant,
 } from '../../src/core/ports.ts';
 import { chargeFor, makeJob } from '../support/fixtures.ts';
+import { runWebhookStoreContract } from './webhook-store-contract.ts';
 
 export interface StoreHarness {
   /** A migrated, empty store. */
@@ -118,6 +120,8 @@ export function runStoreContract(name: string, factory: () => Promise<StoreHarne
       }
     });
   }
+
+  runWebhookStoreContract(name, factory);
 
   describe(`Store contract: ${name}`, () => {
     describe('lifecycle', () => {
@@ -786,6 +790,43 @@ export function runStoreContract(name: string, factory: () => Promise<StoreHarne
           await store.beginIdempotent(ref, { requestHash: 'h1', now: T0 + 2001, ttlMs: 1000 }),
           { outcome: 'in_progress' },
         );
+      });
+    });
+
+    describe('audit log', () => {
+      const entry = (auditId: string, tenantId: string, at: number): AuditEntry => ({
+        auditId,
+        at,
+        actor: 'cli:alice',
+        action: 'credits.added',
+        tenantId,
+        target: `entry_${auditId}`,
+        details: { amount: 5, reason: 'goodwill', nested: { ok: true } },
+      });
+
+      test('lists newest first, by tenant or across tenants, up to the limit', async ({
+        store,
+      }) => {
+        await store.appendAudit(entry('a_1', 't_1', T0 + 1));
+        await store.appendAudit(entry('a_2', 't_2', T0 + 2));
+        await store.appendAudit(entry('a_3', 't_1', T0 + 3));
+        await store.appendAudit(entry('a_4', 't_1', T0 + 4));
+        assert.deepEqual(await store.listAudit({ tenantId: 't_1', limit: 10 }), [
+          entry('a_4', 't_1', T0 + 4),
+          entry('a_3', 't_1', T0 + 3),
+          entry('a_1', 't_1', T0 + 1),
+        ]);
+        const recent = await store.listAudit({ limit: 3 });
+        assert.deepEqual(
+          recent.map((e) => e.auditId),
+          ['a_4', 'a_3', 'a_2'],
+        );
+        assert.deepEqual(
+          (await store.listAudit({ tenantId: 't_1', limit: 2 })).map((e) => e.auditId),
+          ['a_4', 'a_3'],
+        );
+        assert.deepEqual(await store.listAudit({ tenantId: 't_none', limit: 5 }), []);
+        await rejectsWith(store.listAudit({ limit: 0 }), 'validation_error');
       });
     });
 

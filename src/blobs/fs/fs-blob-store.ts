@@ -7,7 +7,17 @@
 import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
 import { once } from 'node:events';
 import { createWriteStream } from 'node:fs';
-import { mkdir, open, readFile, rename, rm, stat, unlink, writeFile } from 'node:fs/promises';
+import {
+  mkdir,
+  open,
+  readdir,
+  readFile,
+  rename,
+  rm,
+  stat,
+  unlink,
+  writeFile,
+} from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { type Readable, Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -61,7 +71,12 @@ export class FsBlobStore implements BlobStore {
     const path = this.#pathOf(key);
     const parent = dirname(path);
     await mkdir(parent, { recursive: true });
-    const tmpData = join(parent, `.tmp-${randomBytes(8).toString('hex')}`);
+    // A writer killed mid-put leaves its temp file behind; the next put of the same key
+    // (callers hold one writer per key, e.g. the job lease) sweeps it.
+    const tmpPrefix = `.tmp-${basename(path)}-`;
+    const leftovers = (await readdir(parent)).filter((name) => name.startsWith(tmpPrefix));
+    await Promise.all(leftovers.map((name) => rm(join(parent, name), { force: true })));
+    const tmpData = join(parent, `${tmpPrefix}${randomBytes(8).toString('hex')}`);
     const tmpMeta = `${tmpData}.meta`;
     const { expectedBytes } = meta;
     let bytes = 0;

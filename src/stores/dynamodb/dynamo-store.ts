@@ -20,6 +20,16 @@
  *   rate bucket   RATE#<bucket>      RATE                (tat, ttl)
  *   quota counter QUOTA#<bucket>     PERIOD#<period>     (used, ttl)
  *   idempotency   IDEM#<scope>       KEY#<key>           (expiresAtMs for logic, ttl)
+ *   webhook       WEBHOOK#<id>       WEBHOOK             GSI1PK=WEBHOOKS#<tenantId>
+ *                                                        GSI1SK=<createdAt:16>#<id>
+ *   delivery      DELIVERY#<id>      DELIVERY            GSI1PK=DELIVERIES#<endpointId>
+ *     (outbox)                                           GSI1SK=<createdAt:16>#<id>
+ *                                                        GSI3PK=WHDUE#<shard> (sparse:
+ *                                                        pending) GSI3SK=<nextAttemptAt:16>#<id>
+ *   batch         BATCH#<batchId>    BATCH               GSI3PK=BATCHDUE#<shard> (sparse:
+ *                                                        running) GSI3SK=<nextCheckAt:16>#<id>
+ *   audit entry   AUDIT#<tenantId>   <at:16>#<auditId>   GSI2PK=AUDIT  GSI2SK=<at:16>#<auditId>
+ *                                                        (immutable)
  *
  * `<n:16>` is a zero-padded non-negative integer, so string order is numeric order.
  * `ttl` holds epoch SECONDS for DynamoDB TTL; it is housekeeping only, logic never
@@ -28,7 +38,8 @@
  *
  * Indexes (projection ALL, so listings need no second read):
  *   GSI1  per-tenant collections: listKeys (KEYS#t), listJobs with tenantId (JOBS#t)
- *   GSI2  global collections: listTenants (TENANTS), listJobs without tenantId (JOBS).
+ *   GSI2  global collections: listTenants (TENANTS), listJobs without tenantId (JOBS),
+ *         listAudit without tenantId (AUDIT).
  *         One partition each: operator listings, not a request path at scale.
  *   GSI3  due jobs: listDueJobs. Present only while the job is queued/in_progress with
  *         a nextCheckAt; spread over DUE_SHARDS partitions by job id so the worker's
@@ -48,6 +59,15 @@
  *   listDueJobs  Query GSI3 per shard, merge
  *   consumeRate  Get bucket, gcra(), Put on the TAT read   consumeQuota conditional ADD
  *   idempotency  conditional Put / Update / Delete, Get to explain a refused Put
+ *   endpoints    create Transact{check tenant, Put}  list Query GSI1 WEBHOOKS#t  update Put
+ *                on the updatedAt read   delete Delete
+ *   outbox       enqueueDeliveries conditional Put each; updateJob/updateBatch add the
+ *                not-yet-present deliveries to their transaction; listDueDeliveries Query
+ *                GSI3 WHDUE#<shard> and merge; listDeliveries Query GSI1 newest first
+ *   createBatch  Transact{Put batch, Put each job, post items}: <= 90 jobs + 5 < 100
+ *   listDueBatches Query GSI3 BATCHDUE#<shard> and merge
+ *   appendAudit  Put (attribute_not_exists)
+ *   listAudit    Query PK=AUDIT#t newest first, or Query GSI2 AUDIT newest first
  *
  * Money: the balance item carries `seq`, the number of entries applied. Every post
  * reads it, computes `balanceAfter` and the next ledger SK, and commits on the
@@ -76,23 +96,31 @@ import {
 } from '@aws-sdk/lib-dynamodb';
 import { AppError } from '../../core/errors.ts';
 import { gcra } from '../../core/limits.ts';
-import type {
-  ApiKey,
-  IdempotencyBegin,
-  IdempotencyRef,
-  Job,
-  JobPatch,
-  JobState,
-  LedgerEntry,
-  NewLedgerEntry,
-  Page,
-  PostResult,
-  QuotaDecision,
-  RateDecision,
-  RateLimitParams,
-  Store,
-  StoredResponse,
-  Tenant,
+import {
+  type ApiKey,
+  type AuditEntry,
+  type Batch,
+  type BatchPatch,
+  type Delivery,
+  type DeliveryPatch,
+  type EndpointPatch,
+  type IdempotencyBegin,
+  type IdempotencyRef,
+  type Job,
+  type JobPatch,
+  type JobState,
+  type LedgerEntry,
+  MAX_BATCH_JOBS,
+  type NewLedgerEntry,
+  type Page,
+  type PostResult,
+  type QuotaDecision,
+  type RateDecision,
+  type RateLimitParams,
+  type Store,
+  type StoredResponse,
+  type Tenant,
+  type WebhookEndpoint,
 } from '../../core/ports.ts';
 import { INDEX, TTL_ATTRIBUTE, tableDefinition } from './table-definition.ts';
 
@@ -101,7 +129,17 @@ type TransactItem = NonNullable<TransactWriteCommandInput['TransactItems']>[numb
 
 /** A write step tagged so a cancelled transaction can say which condition failed. */
 interface Step {
-  tag: 'job' | 'entry' | 'balance' | 'ledger' | 'tenant' | 'key' | 'hash';
+  tag:
+    | 'job'
+    | 'entry'
+    | 'balance'
+    | 'ledger'
+    | 'tenant'
+    | 'key'
+    | 'hash'
+    | 'endpoint'
+    | 'delivery'
+    | 'batch';
   item: TransactItem;
 }
 
@@ -191,6 +229,15 @@ const JOB_FIELDS = fields<Job>({
   leaseUntil: true,
   version: true,
 });
+const AUDIT_FIELDS = fields<AuditEntry>({
+  auditId: true,
+  at: true,
+  actor: true,
+  action: true,
+  tenantId: true,
+  target: true,
+  details: true,
+});
 /** The fields `updateJob` may change; anything else in a patch object is ignored. */
 const PATCHABLE = fields<JobPatch>({
   provider: true,
@@ -229,6 +276,9 @@ const key = {
   rate: (bucket: string) => ({ PK: `RATE#${bucket}`, SK: 'RATE' }),
   quota: (bucket: string, period: string) => ({ PK: `QUOTA#${bucket}`, SK: `PERIOD#${period}` }),
   idempotency: (ref: IdempotencyRef) => ({ PK: `IDEM#${ref.scope}`, SK: `KEY#${ref.key}` }),
+  endpoint: (endpointId: string) => ({ PK: `WEBHOOK#${endpointId}`, SK: 'WEBHOOK' }),
+  delivery: (deliveryId: string) => ({ PK: `DELIVERY#${deliveryId}`, SK: 'DELIVERY' }),
+  batch: (batchId: string) => ({ PK: `BATCH#${batchId}`, SK: 'BATCH' }),
 };
 
 /** Fixed width keeps string order equal to numeric order in sort keys. */
@@ -265,6 +315,92 @@ function jobItem(job: Job): Item {
     item.GSI3SK = `${sortable(job.nextCheckAt)}#${job.jobId}`;
   }
   return item;
+}
+
+// Webhook endpoints, the delivery outbox and batches (issue 7).
+const ENDPOINT_FIELDS = fields<WebhookEndpoint>({
+  endpointId: true,
+  tenantId: true,
+  url: true,
+  events: true,
+  secret: true,
+  previousSecret: true,
+  previousSecretExpiresAt: true,
+  status: true,
+  disabledReason: true,
+  createdAt: true,
+  updatedAt: true,
+});
+const DELIVERY_FIELDS = fields<Delivery>({
+  deliveryId: true,
+  eventId: true,
+  eventType: true,
+  tenantId: true,
+  endpointId: true,
+  payload: true,
+  status: true,
+  attempts: true,
+  nextAttemptAt: true,
+  createdAt: true,
+  updatedAt: true,
+  version: true,
+});
+const BATCH_FIELDS = fields<Batch>({
+  batchId: true,
+  tenantId: true,
+  jobIds: true,
+  cost: true,
+  status: true,
+  createdAt: true,
+  updatedAt: true,
+  completedAt: true,
+  nextCheckAt: true,
+  version: true,
+});
+
+function endpointItem(endpoint: WebhookEndpoint): Item {
+  return {
+    ...key.endpoint(endpoint.endpointId),
+    ...pick<WebhookEndpoint>(endpoint, ENDPOINT_FIELDS),
+    GSI1PK: `WEBHOOKS#${endpoint.tenantId}`,
+    GSI1SK: `${sortable(endpoint.createdAt)}#${endpoint.endpointId}`,
+  };
+}
+
+function deliveryItem(delivery: Delivery): Item {
+  const item: Item = {
+    ...key.delivery(delivery.deliveryId),
+    ...pick<Delivery>(delivery, DELIVERY_FIELDS),
+    GSI1PK: `DELIVERIES#${delivery.endpointId}`,
+    GSI1SK: `${sortable(delivery.createdAt)}#${delivery.deliveryId}`,
+  };
+  if (delivery.status === 'pending' && delivery.nextAttemptAt !== null) {
+    item.GSI3PK = `WHDUE#${dueShard(delivery.deliveryId)}`;
+    item.GSI3SK = `${sortable(delivery.nextAttemptAt)}#${delivery.deliveryId}`;
+  }
+  return item;
+}
+
+function batchItem(batch: Batch): Item {
+  const item: Item = { ...key.batch(batch.batchId), ...pick<Batch>(batch, BATCH_FIELDS) };
+  if (batch.status === 'running' && batch.nextCheckAt !== null) {
+    item.GSI3PK = `BATCHDUE#${dueShard(batch.batchId)}`;
+    item.GSI3SK = `${sortable(batch.nextCheckAt)}#${batch.batchId}`;
+  }
+  return item;
+}
+
+/** The patch's fields that are set: `undefined` never overwrites a stored value. */
+function definedOnly<T extends object>(patch: T): Partial<T> {
+  return Object.fromEntries(
+    Object.entries(patch).filter(([, value]) => value !== undefined),
+  ) as Partial<T>;
+}
+
+function staleVersion(what: string, expected: number, actual: number): AppError {
+  return new AppError('version_conflict', `${what} changed since it was read`, {
+    details: { expected, actual },
+  });
 }
 
 function ttlSeconds(epochMs: number): number {
@@ -864,7 +1000,7 @@ export class DynamoStore implements Store {
   async updateJob(
     jobId: string,
     patch: JobPatch,
-    options: { expectVersion: number; ledger?: NewLedgerEntry },
+    options: { expectVersion: number; ledger?: NewLedgerEntry; deliveries?: Delivery[] },
   ): Promise<Job> {
     const { ledger, expectVersion } = options;
     if (ledger) checkAmount(ledger);
@@ -900,6 +1036,7 @@ export class DynamoStore implements Store {
           // Already posted (a second worker redoing the step): update the job alone.
           if (!posted) steps.push(...this.#postSteps(ledger, state).steps);
         }
+        if (options.deliveries) steps.push(...(await this.#deliverySteps(options.deliveries)));
         const failed = await this.#write(steps);
         if (failed.has('tenant')) throw tenantNotFound();
         // Any other refusal (version moved, job deleted, entry posted or balance moved
@@ -994,6 +1131,304 @@ export class DynamoStore implements Store {
         throw error;
       }
     });
+  }
+
+  // -------------------------------------------------------------- webhooks, outbox, batches (issue 7)
+
+  async createEndpoint(endpoint: WebhookEndpoint): Promise<void> {
+    const failed = await retrying(() =>
+      this.#write([
+        {
+          tag: 'tenant',
+          item: {
+            ConditionCheck: {
+              TableName: this.#tableName,
+              Key: key.tenant(endpoint.tenantId),
+              ConditionExpression: 'attribute_exists(PK)',
+            },
+          },
+        },
+        {
+          tag: 'endpoint',
+          item: {
+            Put: {
+              TableName: this.#tableName,
+              Item: endpointItem(endpoint),
+              ConditionExpression: 'attribute_not_exists(PK)',
+            },
+          },
+        },
+      ]),
+    );
+    if (failed.has('tenant')) throw tenantNotFound();
+    if (failed.size > 0) throw new AppError('validation_error', 'Webhook endpoint already exists');
+  }
+
+  async getEndpoint(endpointId: string): Promise<WebhookEndpoint | null> {
+    const item = await this.#get(key.endpoint(endpointId));
+    return item ? pick<WebhookEndpoint>(item, ENDPOINT_FIELDS) : null;
+  }
+
+  async listEndpoints(tenantId: string): Promise<WebhookEndpoint[]> {
+    const items = await this.#query(
+      {
+        IndexName: INDEX.byTenant,
+        KeyConditionExpression: 'GSI1PK = :pk',
+        ExpressionAttributeValues: { ':pk': `WEBHOOKS#${tenantId}` },
+      },
+      Number.POSITIVE_INFINITY,
+    );
+    return items.map((item) => pick<WebhookEndpoint>(item, ENDPOINT_FIELDS));
+  }
+
+  async updateEndpoint(endpointId: string, patch: EndpointPatch): Promise<WebhookEndpoint> {
+    return retrying(async () => {
+      const current = await this.getEndpoint(endpointId);
+      if (!current) throw new AppError('not_found', 'Webhook endpoint not found');
+      const next: WebhookEndpoint = { ...current, ...definedOnly(patch) };
+      try {
+        await this.#doc.send(
+          new PutCommand({
+            TableName: this.#tableName,
+            Item: endpointItem(next),
+            ConditionExpression: '#updatedAt = :read',
+            ExpressionAttributeNames: aliases('updatedAt'),
+            ExpressionAttributeValues: { ':read': current.updatedAt },
+          }),
+        );
+      } catch (error) {
+        if (isConditionFailure(error)) throw new Contended(error);
+        throw error;
+      }
+      return next;
+    });
+  }
+
+  async deleteEndpoint(endpointId: string): Promise<void> {
+    await retrying(() =>
+      this.#doc.send(
+        new DeleteCommand({ TableName: this.#tableName, Key: key.endpoint(endpointId) }),
+      ),
+    );
+  }
+
+  async enqueueDeliveries(deliveries: Delivery[]): Promise<void> {
+    // One conditional Put each: a delivery already enqueued must not cancel the others.
+    await Promise.all(
+      deliveries.map(async (delivery) => {
+        try {
+          await retrying(() =>
+            this.#doc.send(
+              new PutCommand({
+                TableName: this.#tableName,
+                Item: deliveryItem(delivery),
+                ConditionExpression: 'attribute_not_exists(PK)',
+              }),
+            ),
+          );
+        } catch (error) {
+          if (!isConditionFailure(error)) throw error;
+        }
+      }),
+    );
+  }
+
+  async getDelivery(deliveryId: string): Promise<Delivery | null> {
+    const item = await this.#get(key.delivery(deliveryId));
+    return item ? pick<Delivery>(item, DELIVERY_FIELDS) : null;
+  }
+
+  async listDueDeliveries(options: { now: number; limit: number }): Promise<Delivery[]> {
+    checkLimit(options.limit);
+    const items = await this.#queryDue('WHDUE', options);
+    return items.map((item) => pick<Delivery>(item, DELIVERY_FIELDS));
+  }
+
+  async listDeliveries(options: {
+    endpointId: string;
+    after?: string;
+    limit: number;
+  }): Promise<Page<Delivery>> {
+    checkLimit(options.limit);
+    const values: Item = { ':pk': `DELIVERIES#${options.endpointId}` };
+    let condition = 'GSI1PK = :pk';
+    if (options.after !== undefined) {
+      const cursor = await this.getDelivery(options.after);
+      if (!cursor || cursor.endpointId !== options.endpointId) throw invalidCursor();
+      condition += ' AND GSI1SK < :after';
+      values[':after'] = `${sortable(cursor.createdAt)}#${cursor.deliveryId}`;
+    }
+    const items = await this.#query(
+      {
+        IndexName: INDEX.byTenant,
+        KeyConditionExpression: condition,
+        ExpressionAttributeValues: values,
+        ScanIndexForward: false,
+      },
+      options.limit + 1,
+    );
+    return toPage(
+      items.map((item) => pick<Delivery>(item, DELIVERY_FIELDS)),
+      options.limit,
+      (delivery) => delivery.deliveryId,
+    );
+  }
+
+  async updateDelivery(
+    deliveryId: string,
+    patch: DeliveryPatch,
+    options: { expectVersion: number },
+  ): Promise<Delivery> {
+    const current = await this.getDelivery(deliveryId);
+    if (!current) throw new AppError('not_found', 'Delivery not found');
+    if (current.version !== options.expectVersion) {
+      throw staleVersion('Delivery', options.expectVersion, current.version);
+    }
+    const next: Delivery = { ...current, ...definedOnly(patch), version: current.version + 1 };
+    try {
+      await retrying(() =>
+        this.#doc.send(
+          new PutCommand({
+            TableName: this.#tableName,
+            Item: deliveryItem(next),
+            ConditionExpression: '#version = :expected',
+            ExpressionAttributeNames: aliases('version'),
+            ExpressionAttributeValues: { ':expected': options.expectVersion },
+          }),
+        ),
+      );
+    } catch (error) {
+      if (isConditionFailure(error)) {
+        throw staleVersion('Delivery', options.expectVersion, options.expectVersion + 1);
+      }
+      throw error;
+    }
+    return next;
+  }
+
+  async createBatch(
+    batch: Batch,
+    options: { jobs: Job[]; charge: NewLedgerEntry },
+  ): Promise<{ batch: Batch; balance: number }> {
+    const { jobs, charge } = options;
+    if (jobs.length === 0 || jobs.length > MAX_BATCH_JOBS) {
+      throw new AppError('validation_error', `A batch holds 1 to ${MAX_BATCH_JOBS} jobs`);
+    }
+    if (charge.tenantId !== batch.tenantId || jobs.some((j) => j.tenantId !== batch.tenantId)) {
+      throw new AppError('validation_error', 'The batch, its jobs and charge share one tenant');
+    }
+    checkAmount(charge);
+    const TableName = this.#tableName;
+    const puts: Step[] = [
+      { tag: 'batch', item: batchItem(batch) },
+      ...jobs.map((job): Step => ({ tag: 'job', item: jobItem(job) })),
+    ].map(({ tag, item }) => ({
+      tag: tag as Step['tag'],
+      item: { Put: { TableName, Item: item, ConditionExpression: 'attribute_not_exists(PK)' } },
+    }));
+    // One transaction: batch + jobs (<= MAX_BATCH_JOBS) + the charge's 3-4 items < 100.
+    return this.#inTurn(`balance:${batch.tenantId}`, () =>
+      retrying(async () => {
+        const plan = this.#postSteps(charge, await this.#readBalance(batch.tenantId));
+        const failed = await this.#write([...puts, ...plan.steps]);
+        if (failed.size === 0) return { batch, balance: plan.balance };
+        if (failed.has('tenant')) throw tenantNotFound();
+        if (failed.has('entry'))
+          throw new AppError('validation_error', 'Charge entry already posted');
+        if (failed.has('batch') || failed.has('job')) {
+          throw new AppError('validation_error', 'Batch or job already exists');
+        }
+        throw new Contended();
+      }),
+    );
+  }
+
+  async getBatch(batchId: string): Promise<Batch | null> {
+    const item = await this.#get(key.batch(batchId));
+    return item ? pick<Batch>(item, BATCH_FIELDS) : null;
+  }
+
+  async listDueBatches(options: { now: number; limit: number }): Promise<Batch[]> {
+    checkLimit(options.limit);
+    const items = await this.#queryDue('BATCHDUE', options);
+    return items.map((item) => pick<Batch>(item, BATCH_FIELDS));
+  }
+
+  async updateBatch(
+    batchId: string,
+    patch: BatchPatch,
+    options: { expectVersion: number; deliveries?: Delivery[] },
+  ): Promise<Batch> {
+    const { expectVersion } = options;
+    return retrying(async () => {
+      const current = await this.getBatch(batchId);
+      if (!current) throw new AppError('not_found', 'Batch not found');
+      if (current.version !== expectVersion) {
+        throw staleVersion('Batch', expectVersion, current.version);
+      }
+      const next: Batch = { ...current, ...definedOnly(patch), version: current.version + 1 };
+      const failed = await this.#write([
+        {
+          tag: 'batch',
+          item: {
+            Put: {
+              TableName: this.#tableName,
+              Item: batchItem(next),
+              ConditionExpression: '#version = :expected',
+              ExpressionAttributeNames: aliases('version'),
+              ExpressionAttributeValues: { ':expected': expectVersion },
+            },
+          },
+        },
+        ...(await this.#deliverySteps(options.deliveries ?? [])),
+      ]);
+      if (failed.size > 0) throw new Contended();
+      return next;
+    });
+  }
+
+  /** Puts of the deliveries not enqueued yet: an existing one would cancel the transaction. */
+  async #deliverySteps(deliveries: Delivery[]): Promise<Step[]> {
+    const existing = await Promise.all(
+      deliveries.map((delivery) => this.#get(key.delivery(delivery.deliveryId))),
+    );
+    return deliveries
+      .filter((_, index) => !existing[index])
+      .map((delivery) => ({
+        tag: 'delivery',
+        item: {
+          Put: {
+            TableName: this.#tableName,
+            Item: deliveryItem(delivery),
+            ConditionExpression: 'attribute_not_exists(PK)',
+          },
+        },
+      }));
+  }
+
+  /** Items of a sparse due collection (`<prefix>#<shard>` on GSI3) due by `now`, soonest first. */
+  async #queryDue(prefix: string, options: { now: number; limit: number }): Promise<Item[]> {
+    const bound = sortable(options.now + 1);
+    const shards = await Promise.all(
+      Array.from({ length: DUE_SHARDS }, (_, shard) =>
+        this.#query(
+          {
+            IndexName: INDEX.due,
+            KeyConditionExpression: 'GSI3PK = :pk AND GSI3SK < :bound',
+            ExpressionAttributeValues: { ':pk': `${prefix}#${shard}`, ':bound': bound },
+          },
+          options.limit,
+        ),
+      ),
+    );
+    return shards
+      .flat()
+      .sort((a, b) => {
+        const left = String(a.GSI3SK);
+        const right = String(b.GSI3SK);
+        return left < right ? -1 : left > right ? 1 : 0;
+      })
+      .slice(0, options.limit);
   }
 
   // -------------------------------------------------------------- limits
@@ -1156,6 +1591,51 @@ export class DynamoStore implements Store {
     } catch (error) {
       if (!isConditionFailure(error)) throw error;
     }
+  }
+
+  // -------------------------------------------------------------- audit log
+
+  async appendAudit(entry: AuditEntry): Promise<void> {
+    const sortKey = `${sortable(entry.at)}#${entry.auditId}`;
+    try {
+      await this.#doc.send(
+        new PutCommand({
+          TableName: this.#tableName,
+          Item: {
+            PK: `AUDIT#${entry.tenantId}`,
+            SK: sortKey,
+            GSI2PK: 'AUDIT',
+            GSI2SK: sortKey,
+            ...pick<AuditEntry>(entry, AUDIT_FIELDS),
+          },
+          ConditionExpression: 'attribute_not_exists(PK)',
+        }),
+      );
+    } catch (error) {
+      // A retried append of the same entry: the log already holds it.
+      if (!isConditionFailure(error)) throw error;
+    }
+  }
+
+  async listAudit(options: { tenantId?: string; limit: number }): Promise<AuditEntry[]> {
+    checkLimit(options.limit);
+    const items = await this.#query(
+      options.tenantId === undefined
+        ? {
+            IndexName: INDEX.global,
+            KeyConditionExpression: 'GSI2PK = :pk',
+            ExpressionAttributeValues: { ':pk': 'AUDIT' },
+            ScanIndexForward: false,
+          }
+        : {
+            KeyConditionExpression: 'PK = :pk',
+            ExpressionAttributeValues: { ':pk': `AUDIT#${options.tenantId}` },
+            ScanIndexForward: false,
+            ConsistentRead: true,
+          },
+      options.limit,
+    );
+    return items.map((item) => pick<AuditEntry>(item, AUDIT_FIELDS));
   }
 
   // -------------------------------------------------------------- plumbing

@@ -6,11 +6,11 @@ import type { CreateTableCommandInput } from '@aws-sdk/client-dynamodb';
  * the table from this definition so they cannot drift apart.
  */
 export const INDEX = {
-  /** Per-tenant collections: a tenant's keys and jobs, by creation time. */
+  /** Per-tenant collections: a tenant's keys, jobs and webhook endpoints, by creation time; an endpoint's deliveries. */
   byTenant: 'GSI1',
   /** Global collections: all tenants by id, all jobs by creation time. */
   global: 'GSI2',
-  /** Sparse: unfinished jobs with a nextCheckAt, sharded, by nextCheckAt. */
+  /** Sparse, sharded, by due time: unfinished jobs, pending webhook deliveries, running batches. */
   due: 'GSI3',
 } as const;
 

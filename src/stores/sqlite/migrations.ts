@@ -1,4 +1,5 @@
 import type Database from 'better-sqlite3';
+import { WEBHOOKS_MIGRATION } from './webhook-sql.ts';
 
 /**
  * The schema as ordered steps: migration N (1-based) brings `PRAGMA user_version`
@@ -112,6 +113,27 @@ export const migrations: readonly string[] = [
     CHECK (state = 'in_progress' OR (status_code IS NOT NULL AND body IS NOT NULL))
   ) STRICT, WITHOUT ROWID;
   `,
+  // Audit log of operator actions (issue 6). Append-only, like the ledger.
+  `
+  CREATE TABLE audit_log (
+    seq       INTEGER PRIMARY KEY,
+    audit_id  TEXT NOT NULL UNIQUE,
+    at        INTEGER NOT NULL,
+    actor     TEXT NOT NULL,
+    action    TEXT NOT NULL,
+    tenant_id TEXT NOT NULL,
+    target    TEXT NOT NULL,
+    details   TEXT NOT NULL
+  ) STRICT;
+  CREATE INDEX audit_log_tenant ON audit_log (tenant_id, at, seq);
+  CREATE INDEX audit_log_at ON audit_log (at, seq);
+  CREATE TRIGGER audit_log_no_update BEFORE UPDATE ON audit_log
+  BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END;
+  CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
+  BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END;
+  `,
+  // Webhook endpoints, the delivery outbox and batches (issue 7).
+  WEBHOOKS_MIGRATION,
 ];
 
 /** The schema version a fully migrated file reports. */

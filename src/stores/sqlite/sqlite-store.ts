@@ -3,24 +3,42 @@ import { dirname } from 'node:path';
 import Database from 'better-sqlite3';
 import { AppError } from '../../core/errors.ts';
 import { gcra } from '../../core/limits.ts';
-import type {
-  ApiKey,
-  IdempotencyBegin,
-  IdempotencyRef,
-  Job,
-  JobPatch,
-  LedgerEntry,
-  NewLedgerEntry,
-  Page,
-  PostResult,
-  QuotaDecision,
-  RateDecision,
-  RateLimitParams,
-  Store,
-  StoredResponse,
-  Tenant,
+import {
+  type ApiKey,
+  type AuditEntry,
+  type Batch,
+  type BatchPatch,
+  type Delivery,
+  type DeliveryPatch,
+  type EndpointPatch,
+  type IdempotencyBegin,
+  type IdempotencyRef,
+  type Job,
+  type JobPatch,
+  type LedgerEntry,
+  MAX_BATCH_JOBS,
+  type NewLedgerEntry,
+  type Page,
+  type PostResult,
+  type QuotaDecision,
+  type RateDecision,
+  type RateLimitParams,
+  type Store,
+  type StoredResponse,
+  type Tenant,
+  type WebhookEndpoint,
 } from '../../core/ports.ts';
 import { applyMigrations } from './migrations.ts';
+import {
+  batchRow,
+  type DeliveryRow,
+  deliveryRow,
+  endpointRow,
+  prepareWebhookStatements,
+  toBatch,
+  toDelivery,
+  toEndpoint,
+} from './webhook-sql.ts';
 
 const TENANT_COLUMNS =
   'tenant_id AS tenantId, email, plan_id AS planId, status, created_at AS createdAt';
@@ -117,6 +135,8 @@ function invalidCursor(): AppError {
 export class SqliteStore implements Store {
   readonly #db: Database.Database;
   readonly #sql: ReturnType<typeof prepareStatements>;
+  readonly #wh: ReturnType<typeof prepareWebhookStatements>;
+  readonly #audit: ReturnType<typeof prepareAuditStatements>;
 
   constructor(options: { path: string }) {
     if (options.path !== ':memory:') mkdirSync(dirname(options.path), { recursive: true });
@@ -129,6 +149,8 @@ export class SqliteStore implements Store {
       db.pragma('foreign_keys = ON');
       applyMigrations(db);
       this.#sql = prepareStatements(db);
+      this.#wh = prepareWebhookStatements(db);
+      this.#audit = prepareAuditStatements(db);
     } catch (error) {
       db.close();
       throw error;
@@ -329,7 +351,7 @@ export class SqliteStore implements Store {
   async updateJob(
     jobId: string,
     patch: JobPatch,
-    options: { expectVersion: number; ledger?: NewLedgerEntry },
+    options: { expectVersion: number; ledger?: NewLedgerEntry; deliveries?: Delivery[] },
   ): Promise<Job> {
     return this.#atomic(() => {
       const row = this.#sql.getJob.get({ jobId });
@@ -348,6 +370,9 @@ export class SqliteStore implements Store {
       const next: Job = { ...toJob(row), ...changes, version: row.version + 1 };
       this.#sql.updateJob.run(jobParams(next));
       if (options.ledger) this.#postInTransaction(options.ledger);
+      for (const delivery of options.deliveries ?? []) {
+        this.#wh.insertDelivery.run(deliveryRow(delivery));
+      }
       return next;
     });
   }
@@ -455,12 +480,189 @@ export class SqliteStore implements Store {
     this.#sql.abandonIdempotency.run(ref);
   }
 
+  // -------------------------------------------------------------- audit log
+
+  async appendAudit(entry: AuditEntry): Promise<void> {
+    this.#audit.append.run({ ...entry, details: JSON.stringify(entry.details) });
+  }
+
+  async listAudit(options: { tenantId?: string; limit: number }): Promise<AuditEntry[]> {
+    checkLimit(options.limit);
+    const rows =
+      options.tenantId === undefined
+        ? this.#audit.recent.all({ limit: options.limit })
+        : this.#audit.byTenant.all({ tenantId: options.tenantId, limit: options.limit });
+    return rows.map((row) => ({ ...row, details: JSON.parse(row.details) }));
+  }
+
+  // -------------------------------------------------------------- webhooks, outbox, batches (issue 7)
+
+  async createEndpoint(endpoint: WebhookEndpoint): Promise<void> {
+    this.#atomic(() => this.#wh.insertEndpoint.run(endpointRow(endpoint)));
+  }
+
+  async getEndpoint(endpointId: string): Promise<WebhookEndpoint | null> {
+    const row = this.#wh.getEndpoint.get({ endpointId });
+    return row ? toEndpoint(row) : null;
+  }
+
+  async listEndpoints(tenantId: string): Promise<WebhookEndpoint[]> {
+    return this.#wh.listEndpoints.all({ tenantId }).map(toEndpoint);
+  }
+
+  async updateEndpoint(endpointId: string, patch: EndpointPatch): Promise<WebhookEndpoint> {
+    return this.#atomic(() => {
+      const row = this.#wh.getEndpoint.get({ endpointId });
+      if (!row) throw new AppError('not_found', 'Webhook endpoint not found');
+      const next = { ...toEndpoint(row), ...definedOnly(patch) };
+      this.#wh.updateEndpoint.run(endpointRow(next));
+      return next;
+    });
+  }
+
+  async deleteEndpoint(endpointId: string): Promise<void> {
+    this.#wh.deleteEndpoint.run({ endpointId });
+  }
+
+  async enqueueDeliveries(deliveries: Delivery[]): Promise<void> {
+    this.#atomic(() => {
+      for (const delivery of deliveries) this.#wh.insertDelivery.run(deliveryRow(delivery));
+    });
+  }
+
+  async getDelivery(deliveryId: string): Promise<Delivery | null> {
+    const row = this.#wh.getDelivery.get({ deliveryId });
+    return row ? toDelivery(row) : null;
+  }
+
+  async listDueDeliveries(options: { now: number; limit: number }): Promise<Delivery[]> {
+    checkLimit(options.limit);
+    return this.#wh.listDueDeliveries.all(options).map(toDelivery);
+  }
+
+  async listDeliveries(options: {
+    endpointId: string;
+    after?: string;
+    limit: number;
+  }): Promise<Page<Delivery>> {
+    checkLimit(options.limit);
+    const { endpointId } = options;
+    const limit = options.limit + 1;
+    let rows: DeliveryRow[];
+    if (options.after === undefined) {
+      rows = this.#wh.listDeliveries.all({ endpointId, limit });
+    } else {
+      const cursor = this.#wh.getDelivery.get({ deliveryId: options.after });
+      if (!cursor || cursor.endpointId !== endpointId) throw invalidCursor();
+      rows = this.#wh.listDeliveriesAfter.all({
+        endpointId,
+        limit,
+        createdAt: cursor.createdAt,
+        deliveryId: cursor.deliveryId,
+      });
+    }
+    return toPage(rows.map(toDelivery), options.limit, (delivery) => delivery.deliveryId);
+  }
+
+  async updateDelivery(
+    deliveryId: string,
+    patch: DeliveryPatch,
+    options: { expectVersion: number },
+  ): Promise<Delivery> {
+    return this.#atomic(() => {
+      const row = this.#wh.getDelivery.get({ deliveryId });
+      if (!row) throw new AppError('not_found', 'Delivery not found');
+      expectVersion('Delivery', options.expectVersion, row.version);
+      const next: Delivery = {
+        ...toDelivery(row),
+        ...definedOnly(patch),
+        version: row.version + 1,
+      };
+      this.#wh.updateDelivery.run(deliveryRow(next));
+      return next;
+    });
+  }
+
+  async createBatch(
+    batch: Batch,
+    options: { jobs: Job[]; charge: NewLedgerEntry },
+  ): Promise<{ batch: Batch; balance: number }> {
+    checkBatch(batch, options);
+    return this.#atomic(() => {
+      const { balance, applied } = this.#postInTransaction(options.charge);
+      if (!applied) throw new AppError('validation_error', 'Charge entry already posted');
+      try {
+        this.#wh.insertBatch.run(batchRow(batch));
+        for (const job of options.jobs) this.#sql.insertJob.run(jobParams(job));
+      } catch (error) {
+        if (isSqliteError(error, 'SQLITE_CONSTRAINT_PRIMARYKEY')) {
+          throw new AppError('validation_error', 'Batch or job already exists');
+        }
+        throw error;
+      }
+      return { batch, balance };
+    });
+  }
+
+  async getBatch(batchId: string): Promise<Batch | null> {
+    const row = this.#wh.getBatch.get({ batchId });
+    return row ? toBatch(row) : null;
+  }
+
+  async listDueBatches(options: { now: number; limit: number }): Promise<Batch[]> {
+    checkLimit(options.limit);
+    return this.#wh.listDueBatches.all(options).map(toBatch);
+  }
+
+  async updateBatch(
+    batchId: string,
+    patch: BatchPatch,
+    options: { expectVersion: number; deliveries?: Delivery[] },
+  ): Promise<Batch> {
+    return this.#atomic(() => {
+      const row = this.#wh.getBatch.get({ batchId });
+      if (!row) throw new AppError('not_found', 'Batch not found');
+      expectVersion('Batch', options.expectVersion, row.version);
+      const next: Batch = { ...toBatch(row), ...definedOnly(patch), version: row.version + 1 };
+      this.#wh.updateBatch.run(batchRow(next));
+      for (const delivery of options.deliveries ?? []) {
+        this.#wh.insertDelivery.run(deliveryRow(delivery));
+      }
+      return next;
+    });
+  }
+
   #atomic<T>(work: () => T): T {
     try {
       return this.#db.transaction(work).immediate();
     } catch (error) {
       throw translate(error);
     }
+  }
+}
+
+/** The patch's fields that are set: `undefined` never overwrites a stored value. */
+function definedOnly<T extends object>(patch: T): Partial<T> {
+  return Object.fromEntries(
+    Object.entries(patch).filter(([, value]) => value !== undefined),
+  ) as Partial<T>;
+}
+
+function expectVersion(what: string, expected: number, actual: number): void {
+  if (expected !== actual) {
+    throw new AppError('version_conflict', `${what} changed since it was read`, {
+      details: { expected, actual },
+    });
+  }
+}
+
+function checkBatch(batch: Batch, options: { jobs: Job[]; charge: NewLedgerEntry }): void {
+  if (options.jobs.length === 0 || options.jobs.length > MAX_BATCH_JOBS) {
+    throw new AppError('validation_error', `A batch holds 1 to ${MAX_BATCH_JOBS} jobs`);
+  }
+  const foreign = options.jobs.some((job) => job.tenantId !== batch.tenantId);
+  if (foreign || options.charge.tenantId !== batch.tenantId) {
+    throw new AppError('validation_error', 'The batch, its jobs and charge share one tenant');
   }
 }
 
@@ -656,6 +858,27 @@ function prepareStatements(db: Database.Database) {
     abandonIdempotency: db.prepare<IdempotencyRef>(
       `DELETE FROM idempotency_records
        WHERE scope = @scope AND key = @key AND state = 'in_progress'`,
+    ),
+  };
+}
+
+type AuditRow = Omit<AuditEntry, 'details'> & { details: string };
+
+const AUDIT_COLUMNS =
+  'audit_id AS auditId, at, actor, action, tenant_id AS tenantId, target, details';
+
+function prepareAuditStatements(db: Database.Database) {
+  return {
+    append: db.prepare<AuditRow>(
+      `INSERT INTO audit_log (audit_id, at, actor, action, tenant_id, target, details)
+       VALUES (@auditId, @at, @actor, @action, @tenantId, @target, @details)`,
+    ),
+    recent: db.prepare<{ limit: number }, AuditRow>(
+      `SELECT ${AUDIT_COLUMNS} FROM audit_log ORDER BY at DESC, seq DESC LIMIT @limit`,
+    ),
+    byTenant: db.prepare<{ tenantId: string; limit: number }, AuditRow>(
+      `SELECT ${AUDIT_COLUMNS} FROM audit_log WHERE tenant_id = @tenantId
+       ORDER BY at DESC, seq DESC LIMIT @limit`,
     ),
   };
 }
