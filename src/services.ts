@@ -142,6 +142,7 @@ export function createServices(
     providers,
     pipeline,
     clock,
+    webhooks,
     options: {
       pollIntervalMs: config.jobs.pollIntervalMs,
       submitTimeoutMs: config.jobs.submitTimeoutMs,

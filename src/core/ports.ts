@@ -372,7 +372,10 @@ export interface WebhookEndpoint {
   tenantId: string;
   url: string;
   events: WebhookEventType[];
-  /** `whsec_<base64>`: kept in clear because every delivery is signed with it. */
+  /**
+   * `whsec_<base64>`: kept in clear because every delivery is signed with it. Empty
+   * for a job's one-off endpoint, which is signed with the tenant's registered secrets.
+   */
   secret: string;
   /** The secret before the last rotation; it also signs until `previousSecretExpiresAt`. */
   previousSecret: string | null;
@@ -380,6 +383,11 @@ export interface WebhookEndpoint {
   status: 'enabled' | 'disabled';
   /** Why the gateway disabled it (e.g. the receiver answered 410). */
   disabledReason: string | null;
+  /**
+   * Set for the one-off endpoint of a generate request's `webhook_url` (id
+   * `whjob_<jobId>`): it hears only that job's events and is not a registered endpoint.
+   */
+  jobId: string | null;
   createdAt: number;
   updatedAt: number;
 }
@@ -400,7 +408,10 @@ export interface WebhookStore {
   /** Inserts an endpoint; throws AppError `not_found` for an unknown tenant. */
   createEndpoint(endpoint: WebhookEndpoint): Promise<void>;
   getEndpoint(endpointId: string): Promise<WebhookEndpoint | null>;
-  /** A tenant's endpoints, oldest first. */
+  /**
+   * A tenant's registered endpoints, oldest first: never the one-off endpoints of jobs
+   * (`jobId` set), so their number does not grow with the tenant's videos.
+   */
   listEndpoints(tenantId: string): Promise<WebhookEndpoint[]>;
   /** Applies the patch; throws AppError `not_found` for an unknown endpoint. */
   updateEndpoint(endpointId: string, patch: EndpointPatch): Promise<WebhookEndpoint>;

@@ -12,6 +12,7 @@ import type {
   VideoProvider,
   VideoVariant,
 } from './ports.ts';
+import type { WebhookService } from './webhooks.ts';
 
 export const MAX_PROMPT_LENGTH = 32_000;
 
@@ -23,6 +24,8 @@ export interface GenerateInput {
   seconds?: number;
   size?: string;
   inputReference?: InputReference;
+  /** Where this job's end is also POSTed (a one-off webhook endpoint). */
+  webhookUrl?: string;
 }
 
 /** One way to serve a model: a configured provider and how it names the model. */
@@ -60,6 +63,8 @@ export class VideoService {
       pipeline: JobPipeline;
       clock: Clock;
       options: VideoServiceOptions;
+      /** Saves a request's `webhook_url`; without it such requests are refused. */
+      webhooks?: Pick<WebhookService, 'createJobEndpoint'>;
     },
   ) {}
 
@@ -78,6 +83,7 @@ export class VideoService {
       resolved,
       routes: this.routesFor(resolved, Boolean(input.inputReference)),
       ...(input.inputReference ? { inputReference: input.inputReference } : {}),
+      ...(input.webhookUrl === undefined ? {} : { webhookUrl: input.webhookUrl }),
     });
   }
 
@@ -188,53 +194,76 @@ export class VideoService {
     routes: Route[];
     inputReference?: InputReference;
     remixOf?: { jobId: string; providerJobId: string };
+    webhookUrl?: string;
   }): Promise<{ job: Job; balance: number }> {
     const { store, clock, options } = this.deps;
     const { resolved, prompt, routes } = input;
     const first = routes[0] as Route;
-    const now = clock.now();
     const jobId = newVideoId();
+    let oneOffEndpointId: string | null = null;
+    if (input.webhookUrl !== undefined) {
+      if (!this.deps.webhooks) {
+        throw new AppError('validation_error', 'webhook_url is not supported here', {
+          param: 'webhook_url',
+        });
+      }
+      // Saved before the job exists, so no event of the job can miss it.
+      const endpoint = await this.deps.webhooks.createJobEndpoint({
+        tenantId: input.tenantId,
+        jobId,
+        url: input.webhookUrl,
+      });
+      oneOffEndpointId = endpoint.endpointId;
+    }
+    const now = clock.now();
     // The lease covers the submit: if this process dies mid-submit, the worker finds
     // the job once the lease lapses and decides whether it may resubmit.
     const owner = newLeaseOwner();
-    const { job, balance } = await store.createJob(
-      {
-        jobId,
-        tenantId: input.tenantId,
-        keyId: input.keyId,
-        model: resolved.model.id,
-        provider: first.provider.id,
-        upstreamModel: first.upstreamModel,
-        providerJobId: null,
-        prompt,
-        seconds: resolved.seconds,
-        size: resolved.size,
-        state: 'queued',
-        progress: 0,
-        providerStatus: 'submitting',
-        error: null,
-        cost: resolved.cost,
-        asset: null,
-        remixedFromJobId: input.remixOf?.jobId ?? null,
-        createdAt: now,
-        updatedAt: now,
-        completedAt: null,
-        nextCheckAt: now + options.submitTimeoutMs,
-        checkFailures: 0,
-        leaseOwner: owner,
-        leaseUntil: now + options.submitTimeoutMs,
-        version: 1,
-      },
-      {
-        entryId: `charge:${jobId}`,
-        tenantId: input.tenantId,
-        kind: 'charge',
-        amount: -resolved.cost,
-        reason: `${input.remixOf ? 'remix' : 'video'} ${resolved.model.id} ${resolved.seconds}s ${resolved.size}`,
-        jobId,
-        createdAt: now,
-      },
-    );
+    const { job, balance } = await store
+      .createJob(
+        {
+          jobId,
+          tenantId: input.tenantId,
+          keyId: input.keyId,
+          model: resolved.model.id,
+          provider: first.provider.id,
+          upstreamModel: first.upstreamModel,
+          providerJobId: null,
+          prompt,
+          seconds: resolved.seconds,
+          size: resolved.size,
+          state: 'queued',
+          progress: 0,
+          providerStatus: 'submitting',
+          error: null,
+          cost: resolved.cost,
+          asset: null,
+          remixedFromJobId: input.remixOf?.jobId ?? null,
+          createdAt: now,
+          updatedAt: now,
+          completedAt: null,
+          nextCheckAt: now + options.submitTimeoutMs,
+          checkFailures: 0,
+          leaseOwner: owner,
+          leaseUntil: now + options.submitTimeoutMs,
+          version: 1,
+        },
+        {
+          entryId: `charge:${jobId}`,
+          tenantId: input.tenantId,
+          kind: 'charge',
+          amount: -resolved.cost,
+          reason: `${input.remixOf ? 'remix' : 'video'} ${resolved.model.id} ${resolved.seconds}s ${resolved.size}`,
+          jobId,
+          createdAt: now,
+        },
+      )
+      .catch(async (error: unknown) => {
+        // Nothing was charged and the job does not exist: drop its endpoint. A leftover
+        // one (crash here) is inert, no event ever names it; the charge's error is the answer.
+        if (oneOffEndpointId) await store.deleteEndpoint(oneOffEndpointId).catch(() => undefined);
+        throw error;
+      });
 
     return {
       job: await this.submit(job, routes, {

@@ -32,6 +32,14 @@ export interface WebhookOptions {
   lowCreditThreshold: number;
 }
 
+/** The events a generate request's `webhook_url` hears: its job's end. */
+const JOB_ENDPOINT_EVENTS: readonly WebhookEventType[] = ['video.completed', 'video.failed'];
+
+/** The id of the one-off endpoint a job's `webhook_url` becomes. */
+export function jobEndpointId(jobId: string): string {
+  return `whjob_${jobId}`;
+}
+
 /** A Standard Webhooks secret: `whsec_` + base64 of 32 random bytes. */
 export function newWebhookSecret(): string {
   return `whsec_${randomBytes(32).toString('base64')}`;
@@ -109,11 +117,60 @@ export class WebhookService {
       previousSecretExpiresAt: null,
       status: 'enabled',
       disabledReason: null,
+      jobId: null,
       createdAt: now,
       updatedAt: now,
     };
     await store.createEndpoint(endpoint);
     return { endpoint, secret };
+  }
+
+  /**
+   * Vets a generate request's `webhook_url` (same rules as an endpoint's URL) and saves
+   * it as the job's one-off endpoint, BEFORE the job exists, so no event of the job can
+   * miss it. It has no secret of its own: deliveries are signed with the secrets of the
+   * tenant's registered endpoints, so one is required. Errors are `validation_error`.
+   */
+  async createJobEndpoint(input: {
+    tenantId: string;
+    jobId: string;
+    url: string;
+  }): Promise<WebhookEndpoint> {
+    const { store, clock, policy } = this.deps;
+    let url: URL;
+    try {
+      url = await policy.check(input.url);
+    } catch (error) {
+      if (!(error instanceof AppError)) throw error;
+      throw new AppError(error.code, error.message, {
+        param: 'webhook_url',
+        details: { ...error.details },
+      });
+    }
+    if ((await store.listEndpoints(input.tenantId)).length === 0) {
+      throw new AppError(
+        'validation_error',
+        'webhook_url needs a signing secret: register a webhook endpoint first (POST /v1/webhooks)',
+        { param: 'webhook_url', details: { code: 'webhook_secret_missing' } },
+      );
+    }
+    const now = clock.now();
+    const endpoint: WebhookEndpoint = {
+      endpointId: jobEndpointId(input.jobId),
+      tenantId: input.tenantId,
+      url: url.href,
+      events: [...JOB_ENDPOINT_EVENTS],
+      secret: '',
+      previousSecret: null,
+      previousSecretExpiresAt: null,
+      status: 'enabled',
+      disabledReason: null,
+      jobId: input.jobId,
+      createdAt: now,
+      updatedAt: now,
+    };
+    await store.createEndpoint(endpoint);
+    return endpoint;
   }
 
   listEndpoints(tenantId: string): Promise<WebhookEndpoint[]> {
@@ -146,6 +203,12 @@ export class WebhookService {
     options: { overlapMs?: number } = {},
   ): Promise<{ endpoint: WebhookEndpoint; secret: string }> {
     const current = await this.getEndpoint(tenantId, endpointId);
+    if (current.jobId !== null) {
+      throw new AppError(
+        'validation_error',
+        "A video's webhook_url has no secret of its own: it is signed with your endpoints' secrets",
+      );
+    }
     const now = this.deps.clock.now();
     const overlapMs = options.overlapMs ?? this.deps.options.rotationOverlapMs;
     if (!Number.isSafeInteger(overlapMs) || overlapMs < 0 || overlapMs > 7 * 24 * 3600_000) {
@@ -209,14 +272,23 @@ export class WebhookService {
     return replay;
   }
 
-  /** The outbox rows of one event: one per enabled endpoint of the tenant subscribed to it. */
+  /**
+   * The outbox rows of one event: one per enabled endpoint of the tenant subscribed to
+   * it, plus the one-off endpoint of `jobId` (its `webhook_url`) when it has one.
+   */
   async deliveriesFor(event: {
     tenantId: string;
     type: WebhookEventType;
     eventId: string;
     data: object;
+    jobId?: string;
   }): Promise<Delivery[]> {
-    const endpoints = await this.deps.store.listEndpoints(event.tenantId);
+    const { store } = this.deps;
+    const endpoints = await store.listEndpoints(event.tenantId);
+    if (event.jobId !== undefined) {
+      const oneOff = await store.getEndpoint(jobEndpointId(event.jobId));
+      if (oneOff?.tenantId === event.tenantId) endpoints.push(oneOff);
+    }
     const now = this.deps.clock.now();
     const payload = payloadOf(event.type, event.data, now);
     return endpoints
@@ -305,10 +377,10 @@ export function withWebhookEvents(store: Store, webhooks: WebhookService): Store
       return store.updateJob(jobId, patch, options);
     }
     const next: Job = { ...current, ...patch };
-    let event: { type: WebhookEventType; eventId: string } | null = null;
+    let event: { type: WebhookEventType; eventId: string; jobId?: string } | null = null;
     if (ending) {
       const type = next.state === 'completed' ? 'video.completed' : 'video.failed';
-      event = { type, eventId: `${jobId}.${type}` };
+      event = { type, eventId: `${jobId}.${type}`, jobId };
     } else if (Math.round(next.progress) > Math.round(current.progress)) {
       const step = Math.round(next.progress);
       event = { type: 'video.progress', eventId: `${jobId}.video.progress.${step}` };

@@ -34,7 +34,8 @@ interface Logger {
 
 /**
  * Sends outbox deliveries: Standard Webhooks signatures (every valid secret of the
- * endpoint signs: both during a rotation overlap), no redirects followed (a 3xx is a
+ * endpoint signs: both during a rotation overlap; the tenant's secrets for a job's
+ * one-off `webhook_url` endpoint), no redirects followed (a 3xx is a
  * failed attempt), vetted addresses only (checked again at connect time), bounded
  * time and bounded response body. Exponential backoff with jitter, honouring
  * `Retry-After`; a 410 disables the endpoint.
@@ -145,17 +146,26 @@ export class WebhookDispatcher {
     );
   }
 
-  /** The headers of Standard Webhooks, signed by every secret currently valid. */
-  signatureHeaders(
-    endpoint: WebhookEndpoint,
-    delivery: Delivery,
-    at: Date,
-  ): Record<string, string> {
-    const secrets = [endpoint.secret];
-    const overlap = endpoint.previousSecretExpiresAt;
-    if (endpoint.previousSecret && overlap !== null && overlap > this.deps.clock.now()) {
-      secrets.push(endpoint.previousSecret);
-    }
+  /**
+   * Every secret that signs a delivery to `endpoint` now: its own (and, during a
+   * rotation overlap, the previous one), or for a job's one-off endpoint (`webhook_url`)
+   * those of all the tenant's registered endpoints, any of which the receiver may hold.
+   */
+  async signingSecrets(endpoint: WebhookEndpoint): Promise<string[]> {
+    const owners =
+      endpoint.jobId === null ? [endpoint] : await this.deps.store.listEndpoints(endpoint.tenantId);
+    const now = this.deps.clock.now();
+    const secrets = owners.flatMap((owner) => {
+      const overlap = owner.previousSecretExpiresAt;
+      const previous =
+        owner.previousSecret && overlap !== null && overlap > now ? [owner.previousSecret] : [];
+      return [owner.secret, ...previous];
+    });
+    return [...new Set(secrets)];
+  }
+
+  /** The headers of Standard Webhooks, signed by each of `secrets`. */
+  signatureHeaders(secrets: string[], delivery: Delivery, at: Date): Record<string, string> {
     const signatures = secrets.map((secret) =>
       new Webhook(secret).sign(delivery.eventId, at, delivery.payload),
     );
@@ -172,9 +182,22 @@ export class WebhookDispatcher {
   ): Promise<DeliveryAttempt & { retryAfterMs: number | null }> {
     const { clock, policy, options } = this.deps;
     const at = clock.now();
+    const secrets = await this.signingSecrets(endpoint);
+    if (secrets.length === 0) {
+      // The tenant removed every registered endpoint: nothing to sign with. Retried, so
+      // registering one again in time still delivers.
+      return {
+        at,
+        latencyMs: 0,
+        statusCode: null,
+        responseBody: '',
+        error: 'no signing secret: the tenant has no registered webhook endpoint',
+        retryAfterMs: null,
+      };
+    }
     const started = performance.now();
     // The signed timestamp is wall-clock time: receivers compare it with their own clock.
-    const headers = this.signatureHeaders(endpoint, delivery, new Date());
+    const headers = this.signatureHeaders(secrets, delivery, new Date());
     const result = await postOnce(endpoint.url, delivery.payload, {
       headers,
       timeoutMs: options.timeoutMs,

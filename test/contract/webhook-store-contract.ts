@@ -39,6 +39,7 @@ function endpoint(endpointId: string, tenantId: string, at = T0): WebhookEndpoin
     previousSecretExpiresAt: null,
     status: 'enabled',
     disabledReason: null,
+    jobId: null,
     createdAt: at,
     updatedAt: at,
   };
@@ -161,6 +162,41 @@ export function runWebhookStoreContract(name: string, factory: () => Promise<Sto
         (await store.listEndpoints('t_a')).map((e) => e.endpointId),
         ['wh_2'],
       );
+    });
+
+    test("a job's one-off endpoint is readable by id, updatable, never listed", async ({
+      store,
+    }) => {
+      await store.createTenant(tenant('t_a'));
+      await store.createEndpoint(endpoint('wh_1', 't_a'));
+      const oneOff: WebhookEndpoint = {
+        ...endpoint('whjob_video_1', 't_a', T0 + 1),
+        secret: '',
+        jobId: 'video_1',
+      };
+      await store.createEndpoint(oneOff);
+      await rejectsWith(
+        store.createEndpoint({ ...oneOff, endpointId: 'whjob_video_2', tenantId: 't_missing' }),
+        'not_found',
+      );
+      assert.deepEqual(await store.getEndpoint('whjob_video_1'), oneOff);
+      assert.deepEqual(
+        (await store.listEndpoints('t_a')).map((e) => e.endpointId),
+        ['wh_1'],
+      );
+      const disabled = await store.updateEndpoint('whjob_video_1', {
+        status: 'disabled',
+        disabledReason: 'gone',
+        updatedAt: T0 + 2,
+      });
+      assert.equal(disabled.jobId, 'video_1');
+      assert.deepEqual(await store.getEndpoint('whjob_video_1'), disabled);
+      assert.deepEqual(
+        (await store.listEndpoints('t_a')).map((e) => e.endpointId),
+        ['wh_1'],
+      );
+      await store.deleteEndpoint('whjob_video_1');
+      assert.equal(await store.getEndpoint('whjob_video_1'), null);
     });
 
     test('outbox: enqueue is idempotent, due listing, versioned updates, log newest first', async ({

@@ -376,6 +376,7 @@ describe('tenant webhooks', () => {
       previousSecretExpiresAt: null,
       status: 'enabled' as const,
       disabledReason: null,
+      jobId: null,
       createdAt: clock.now(),
       updatedAt: clock.now(),
     };
@@ -557,5 +558,153 @@ describe('batches', () => {
     await ledgerBalanced(gw.services.store, tenantId);
     const page = await gw.services.store.listJobs({ tenantId, limit: 100, order: 'asc' });
     assert.equal(page.items.length, 10);
+  });
+});
+
+describe('per-request webhook_url', () => {
+  it("each surface's webhook_url gets exactly one signed video.completed; it is never listed", async () => {
+    const { gw, clock } = await gateway();
+    const rx = await receiver();
+    const { apiKey, tenantId } = await gw.tenant({ credits: 50 });
+    // Registered for failures only: the completions below reach the webhook_urls alone.
+    const endpoint = await addEndpoint(gw, apiKey, rx.url('/registered'), ['video.failed']);
+
+    const seed = await api(gw.baseUrl, '/video/generate', {
+      key: apiKey,
+      body: { prompt: 'Tea farms at sunrise', webhook_url: rx.url('/seed') },
+    });
+    assert.equal(seed.status, 200, JSON.stringify(seed.body));
+    assert.deepEqual(Object.keys(seed.body).sort(), [
+      'credits_remaining',
+      'progress',
+      'status',
+      'success',
+      'tenant',
+      'video_id',
+    ]);
+    const json = await api(gw.baseUrl, '/v1/videos', {
+      bearer: apiKey,
+      body: { prompt: 'A calico cat', webhook_url: rx.url('/v1-json') },
+    });
+    assert.equal(json.status, 200, JSON.stringify(json.body));
+    const form = new FormData();
+    form.set('prompt', 'A lighthouse in a storm');
+    form.set('webhook_url', rx.url('/v1-multipart'));
+    const multipart = await fetch(`${gw.baseUrl}/v1/videos`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${apiKey}` },
+      body: form,
+    });
+    const multipartBody = (await multipart.json()) as { id: string };
+    assert.equal(multipart.status, 200, JSON.stringify(multipartBody));
+
+    const jobs = {
+      '/seed': seed.body.video_id as string,
+      '/v1-json': json.body.id as string,
+      '/v1-multipart': multipartBody.id,
+    };
+    await driveJobs(gw, clock, async () => {
+      for (const jobId of Object.values(jobs)) {
+        if ((await gw.services.store.getJob(jobId))?.state !== 'completed') return false;
+      }
+      return true;
+    });
+    await tick(gw, clock);
+    await tick(gw, clock);
+    assert.deepEqual(rx.received.map((r) => r.path).sort(), ['/seed', '/v1-json', '/v1-multipart']);
+    for (const message of rx.received) {
+      const jobId = jobs[message.path as keyof typeof jobs];
+      // Signed with the secret the tenant already holds.
+      const verified = new Webhook(endpoint.secret).verify(
+        message.body,
+        message.headers as Record<string, string>,
+      ) as { type: string; data: { id: string; status: string } };
+      assert.equal(verified.type, 'video.completed');
+      assert.deepEqual([verified.data.id, verified.data.status], [jobId, 'completed']);
+      assert.equal(message.headers['webhook-id'], `${jobId}.video.completed`);
+    }
+
+    const listed = await api(gw.baseUrl, '/v1/webhooks', { bearer: apiKey });
+    assert.deepEqual(
+      listed.body.data.map((e: { id: string }) => e.id),
+      [endpoint.id],
+    );
+    const log = await api(gw.baseUrl, `/v1/webhooks/whjob_${jobs['/seed']}/deliveries`, {
+      bearer: apiKey,
+    });
+    assert.equal(log.status, 200);
+    assert.equal(log.body.data.length, 1);
+    assert.equal(log.body.data[0].status, 'delivered');
+    const foreign = await api(gw.baseUrl, `/v1/webhooks/whjob_${jobs['/seed']}/deliveries`, {
+      bearer: (await gw.tenant()).apiKey,
+    });
+    assert.equal(foreign.status, 404);
+    await ledgerBalanced(gw.services.store, tenantId);
+  });
+
+  it('refuses unsafe URLs, and webhook_url without a registered endpoint, before charging', async () => {
+    const { gw } = await gateway();
+    const rx = await receiver();
+    const { apiKey, tenantId } = await gw.tenant({ credits: 50 });
+
+    const bare = await api(gw.baseUrl, '/video/generate', {
+      key: apiKey,
+      body: { prompt: 'x', webhook_url: rx.url('/seed') },
+    });
+    assert.equal(bare.status, 400);
+    assert.match(bare.body.error, /register a webhook endpoint first/);
+
+    await addEndpoint(gw, apiKey, rx.url('/registered'));
+    for (const url of [
+      `http://localhost:${rx.port}/hook`,
+      'https://127.0.0.2/hook',
+      'https://10.0.0.1/hook',
+      'https://169.254.169.254/latest/meta-data',
+      'https://[::1]/hook',
+      'not a url',
+    ]) {
+      const seed = await api(gw.baseUrl, '/video/generate', {
+        key: apiKey,
+        body: { prompt: 'x', webhook_url: url },
+      });
+      assert.equal(seed.status, 400, `${url}: ${JSON.stringify(seed.body)}`);
+      const v1 = await api(gw.baseUrl, '/v1/videos', {
+        bearer: apiKey,
+        body: { prompt: 'x', webhook_url: url },
+      });
+      assert.equal(v1.status, 400, url);
+      assert.equal(v1.body.error.param, 'webhook_url');
+    }
+    assert.equal(await gw.services.store.getBalance(tenantId), 50);
+    const page = await gw.services.store.listJobs({ tenantId, limit: 10, order: 'asc' });
+    assert.equal(page.items.length, 0);
+    const listed = await api(gw.baseUrl, '/v1/webhooks', { bearer: apiKey });
+    assert.equal(listed.body.data.length, 1);
+  });
+
+  it('a refused charge leaves no one-off endpoint behind', async () => {
+    const { gw } = await gateway();
+    const rx = await receiver();
+    const { apiKey, tenantId } = await gw.tenant({ credits: 0 });
+    await addEndpoint(gw, apiKey, rx.url('/registered'));
+    const { store, webhooks } = gw.services;
+    const created: string[] = [];
+    const createJobEndpoint = webhooks.createJobEndpoint.bind(webhooks);
+    webhooks.createJobEndpoint = async (input) => {
+      const endpoint = await createJobEndpoint(input);
+      created.push(endpoint.endpointId);
+      return endpoint;
+    };
+    const poor = await api(gw.baseUrl, '/v1/videos', {
+      bearer: apiKey,
+      body: { prompt: 'x', webhook_url: rx.url('/job') },
+    });
+    assert.equal(poor.status, 402);
+    assert.equal(created.length, 1);
+    assert.match(created[0] as string, /^whjob_video_/);
+    assert.equal(await store.getEndpoint(created[0] as string), null);
+    assert.equal(await gw.services.store.getBalance(tenantId), 0);
+    const page = await gw.services.store.listJobs({ tenantId, limit: 10, order: 'asc' });
+    assert.equal(page.items.length, 0);
   });
 });

@@ -15,12 +15,7 @@
 import { createHmac, timingSafeEqual } from 'node:crypto';
 import { Readable } from 'node:stream';
 import type { ReadableStream as NodeReadableStream } from 'node:stream/web';
-import { OpenRouterCore } from '@openrouter/sdk/core.js';
-import { apiKeysGetCurrentKeyMetadata } from '@openrouter/sdk/funcs/apiKeysGetCurrentKeyMetadata.js';
-import { videoGenerationGenerate } from '@openrouter/sdk/funcs/videoGenerationGenerate.js';
-import { videoGenerationGetGeneration } from '@openrouter/sdk/funcs/videoGenerationGetGeneration.js';
-import { videoGenerationGetVideoContent } from '@openrouter/sdk/funcs/videoGenerationGetVideoContent.js';
-import { HTTPClient } from '@openrouter/sdk/lib/http.js';
+import type { OpenRouterCore } from '@openrouter/sdk/core.js';
 import type {
   VideoGenerationRequest,
   VideoGenerationRequestAspectRatio,
@@ -99,6 +94,38 @@ const NOT_SENT_CODES = new Set([
   'UND_ERR_CONNECT_TIMEOUT',
 ]);
 
+/**
+ * The SDK's functions, imported on first use: their generated schemas cost a process
+ * ~55 MB of memory, which a gateway without OpenRouter configured must not pay (issue 6).
+ */
+async function importSdk() {
+  const [core, http, getKey, generate, getGeneration, getContent] = await Promise.all([
+    import('@openrouter/sdk/core.js'),
+    import('@openrouter/sdk/lib/http.js'),
+    import('@openrouter/sdk/funcs/apiKeysGetCurrentKeyMetadata.js'),
+    import('@openrouter/sdk/funcs/videoGenerationGenerate.js'),
+    import('@openrouter/sdk/funcs/videoGenerationGetGeneration.js'),
+    import('@openrouter/sdk/funcs/videoGenerationGetVideoContent.js'),
+  ]);
+  return {
+    OpenRouterCore: core.OpenRouterCore,
+    HTTPClient: http.HTTPClient,
+    apiKeysGetCurrentKeyMetadata: getKey.apiKeysGetCurrentKeyMetadata,
+    videoGenerationGenerate: generate.videoGenerationGenerate,
+    videoGenerationGetGeneration: getGeneration.videoGenerationGetGeneration,
+    videoGenerationGetVideoContent: getContent.videoGenerationGetVideoContent,
+  };
+}
+
+type OpenRouterSdk = Awaited<ReturnType<typeof importSdk>>;
+
+let sdkPromise: Promise<OpenRouterSdk> | undefined;
+
+function loadSdk(): Promise<OpenRouterSdk> {
+  sdkPromise ??= importSdk();
+  return sdkPromise;
+}
+
 export interface OpenRouterProviderOptions {
   apiKey: string;
   /** Defaults to {@link OPENROUTER_DEFAULT_BASE_URL}. */
@@ -128,7 +155,10 @@ export class OpenRouterProvider implements VideoProvider {
   readonly id = PROVIDER_ID;
   readonly capabilities = { remix: false, inputReference: true, idempotentSubmit: false };
 
-  readonly #core: OpenRouterCore;
+  readonly #apiKey: string;
+  readonly #baseUrl: string;
+  readonly #fetch: typeof fetch | undefined;
+  #client: Promise<{ sdk: OpenRouterSdk; core: OpenRouterCore }> | undefined;
   readonly #webhookSecret: string | undefined;
   readonly #timeoutMs: number;
   readonly #downloadHeadersTimeoutMs: number;
@@ -136,19 +166,30 @@ export class OpenRouterProvider implements VideoProvider {
 
   constructor(options: OpenRouterProviderOptions) {
     if (!options.apiKey) throw new RangeError('OpenRouterProvider needs an apiKey');
-    const fetcher = options.fetch;
-    this.#core = new OpenRouterCore({
-      apiKey: options.apiKey,
-      serverURL: options.baseUrl ?? OPENROUTER_DEFAULT_BASE_URL,
-      retryConfig: { strategy: 'none' },
-      ...(fetcher
-        ? { httpClient: new HTTPClient({ fetcher: (input, init) => fetcher(input, init) }) }
-        : {}),
-    });
+    this.#apiKey = options.apiKey;
+    this.#baseUrl = options.baseUrl ?? OPENROUTER_DEFAULT_BASE_URL;
+    this.#fetch = options.fetch;
     this.#webhookSecret = options.webhookSecret || undefined;
     this.#timeoutMs = options.timeoutMs ?? 30_000;
     this.#downloadHeadersTimeoutMs = options.downloadHeadersTimeoutMs ?? 60_000;
     this.#models = { ...OPENROUTER_MODELS, ...options.models };
+  }
+
+  /** The SDK and this adapter's client of it, made on the first upstream call. */
+  #connect(): Promise<{ sdk: OpenRouterSdk; core: OpenRouterCore }> {
+    this.#client ??= loadSdk().then((sdk) => {
+      const fetcher = this.#fetch;
+      const core = new sdk.OpenRouterCore({
+        apiKey: this.#apiKey,
+        serverURL: this.#baseUrl,
+        retryConfig: { strategy: 'none' },
+        ...(fetcher
+          ? { httpClient: new sdk.HTTPClient({ fetcher: (input, init) => fetcher(input, init) }) }
+          : {}),
+      });
+      return { sdk, core };
+    });
+    return this.#client;
   }
 
   checkParams(params: RouteParams): void {
@@ -178,10 +219,11 @@ export class OpenRouterProvider implements VideoProvider {
         : {}),
       ...(input.callbackUrl ? { callbackUrl: input.callbackUrl } : {}),
     };
+    const { sdk, core } = await this.#connect();
     const { value } = await call(
       'submit',
-      videoGenerationGenerate(
-        this.#core,
+      sdk.videoGenerationGenerate(
+        core,
         { videoGenerationRequest: request },
         { timeoutMs: this.#timeoutMs },
       ),
@@ -190,10 +232,11 @@ export class OpenRouterProvider implements VideoProvider {
   }
 
   async status(providerJobId: string): Promise<ProviderJobStatus> {
+    const { sdk, core } = await this.#connect();
     const { value } = await call(
       'status',
-      videoGenerationGetGeneration(
-        this.#core,
+      sdk.videoGenerationGetGeneration(
+        core,
         { jobId: providerJobId },
         { timeoutMs: this.#timeoutMs },
       ),
@@ -204,14 +247,15 @@ export class OpenRouterProvider implements VideoProvider {
   async download(providerJobId: string, variant: VideoVariant): Promise<ProviderDownload | null> {
     // OpenRouter serves the video only: no thumbnail or spritesheet exists upstream.
     if (variant !== 'video') return null;
+    const { sdk, core } = await this.#connect();
     // The timer bounds the wait for headers only; a long, healthy body is never cut.
     const controller = new AbortController();
     const timer = setTimeout(() => controller.abort(), this.#downloadHeadersTimeoutMs);
     try {
       const { value, response } = await call(
         'download',
-        videoGenerationGetVideoContent(
-          this.#core,
+        sdk.videoGenerationGetVideoContent(
+          core,
           { jobId: providerJobId, index: 0 },
           { signal: controller.signal },
         ),
@@ -267,9 +311,12 @@ export class OpenRouterProvider implements VideoProvider {
 
   async check(): Promise<{ reachable: boolean; authenticated: boolean; detail: string }> {
     // GET /key is the cheapest call that needs the key (GET /videos/models is public).
-    const [, apiCall] = await apiKeysGetCurrentKeyMetadata(this.#core, undefined, {
-      timeoutMs: this.#timeoutMs,
-    }).$inspect();
+    const { sdk, core } = await this.#connect();
+    const [, apiCall] = await sdk
+      .apiKeysGetCurrentKeyMetadata(core, undefined, {
+        timeoutMs: this.#timeoutMs,
+      })
+      .$inspect();
     if (apiCall.status !== 'complete') {
       return { reachable: false, authenticated: false, detail: 'OpenRouter could not be reached' };
     }

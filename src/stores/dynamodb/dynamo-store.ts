@@ -22,6 +22,7 @@
  *   idempotency   IDEM#<scope>       KEY#<key>           (expiresAtMs for logic, ttl)
  *   webhook       WEBHOOK#<id>       WEBHOOK             GSI1PK=WEBHOOKS#<tenantId>
  *                                                        GSI1SK=<createdAt:16>#<id>
+ *                                                        (sparse: not a job's one-off)
  *   delivery      DELIVERY#<id>      DELIVERY            GSI1PK=DELIVERIES#<endpointId>
  *     (outbox)                                           GSI1SK=<createdAt:16>#<id>
  *                                                        GSI3PK=WHDUE#<shard> (sparse:
@@ -328,6 +329,7 @@ const ENDPOINT_FIELDS = fields<WebhookEndpoint>({
   previousSecretExpiresAt: true,
   status: true,
   disabledReason: true,
+  jobId: true,
   createdAt: true,
   updatedAt: true,
 });
@@ -359,12 +361,16 @@ const BATCH_FIELDS = fields<Batch>({
 });
 
 function endpointItem(endpoint: WebhookEndpoint): Item {
-  return {
+  const item: Item = {
     ...key.endpoint(endpoint.endpointId),
     ...pick<WebhookEndpoint>(endpoint, ENDPOINT_FIELDS),
-    GSI1PK: `WEBHOOKS#${endpoint.tenantId}`,
-    GSI1SK: `${sortable(endpoint.createdAt)}#${endpoint.endpointId}`,
   };
+  // A job's one-off endpoint stays out of the tenant's listing index.
+  if (endpoint.jobId === null) {
+    item.GSI1PK = `WEBHOOKS#${endpoint.tenantId}`;
+    item.GSI1SK = `${sortable(endpoint.createdAt)}#${endpoint.endpointId}`;
+  }
+  return item;
 }
 
 function deliveryItem(delivery: Delivery): Item {

@@ -1,5 +1,5 @@
 import type Database from 'better-sqlite3';
-import { WEBHOOKS_MIGRATION } from './webhook-sql.ts';
+import { JOB_ENDPOINTS_MIGRATION, WEBHOOKS_MIGRATION } from './webhook-sql.ts';
 
 /**
  * The schema as ordered steps: migration N (1-based) brings `PRAGMA user_version`
@@ -134,6 +134,7 @@ export const migrations: readonly string[] = [
   `,
   // Webhook endpoints, the delivery outbox and batches (issue 7).
   WEBHOOKS_MIGRATION,
+  JOB_ENDPOINTS_MIGRATION,
 ];
 
 /** The schema version a fully migrated file reports. */

@@ -8,7 +8,8 @@ import type { Batch, Delivery, WebhookEndpoint } from '../../core/ports.ts';
 
 const ENDPOINT_COLUMNS = `endpoint_id AS endpointId, tenant_id AS tenantId, url, events, secret,
   previous_secret AS previousSecret, previous_secret_expires_at AS previousSecretExpiresAt,
-  status, disabled_reason AS disabledReason, created_at AS createdAt, updated_at AS updatedAt`;
+  status, disabled_reason AS disabledReason, job_id AS jobId, created_at AS createdAt,
+  updated_at AS updatedAt`;
 
 const DELIVERY_COLUMNS = `delivery_id AS deliveryId, event_id AS eventId, event_type AS eventType,
   tenant_id AS tenantId, endpoint_id AS endpointId, payload, status, attempts,
@@ -48,16 +49,17 @@ export function prepareWebhookStatements(db: Database.Database) {
   return {
     insertEndpoint: db.prepare<EndpointRow>(
       `INSERT INTO webhook_endpoints (endpoint_id, tenant_id, url, events, secret,
-         previous_secret, previous_secret_expires_at, status, disabled_reason, created_at,
-         updated_at)
+         previous_secret, previous_secret_expires_at, status, disabled_reason, job_id,
+         created_at, updated_at)
        VALUES (@endpointId, @tenantId, @url, @events, @secret, @previousSecret,
-         @previousSecretExpiresAt, @status, @disabledReason, @createdAt, @updatedAt)`,
+         @previousSecretExpiresAt, @status, @disabledReason, @jobId, @createdAt, @updatedAt)`,
     ),
     getEndpoint: db.prepare<{ endpointId: string }, EndpointRow>(
       `SELECT ${ENDPOINT_COLUMNS} FROM webhook_endpoints WHERE endpoint_id = @endpointId`,
     ),
     listEndpoints: db.prepare<{ tenantId: string }, EndpointRow>(
-      `SELECT ${ENDPOINT_COLUMNS} FROM webhook_endpoints WHERE tenant_id = @tenantId
+      `SELECT ${ENDPOINT_COLUMNS} FROM webhook_endpoints
+       WHERE tenant_id = @tenantId AND job_id IS NULL
        ORDER BY created_at, endpoint_id`,
     ),
     updateEndpoint: db.prepare<EndpointRow>(
@@ -175,4 +177,12 @@ export const WEBHOOKS_MIGRATION = `
     version       INTEGER NOT NULL
   ) STRICT;
   CREATE INDEX batches_due ON batches (next_check_at, batch_id) WHERE next_check_at IS NOT NULL;
+`;
+
+/** A generate request's `webhook_url` is a one-off endpoint of its job, kept out of listings. */
+export const JOB_ENDPOINTS_MIGRATION = `
+  ALTER TABLE webhook_endpoints ADD COLUMN job_id TEXT;
+  DROP INDEX webhook_endpoints_tenant;
+  CREATE INDEX webhook_endpoints_tenant ON webhook_endpoints (tenant_id, created_at, endpoint_id)
+    WHERE job_id IS NULL;
 `;

@@ -18,6 +18,13 @@ const GenerateBody = Type.Object(
       Type.Integer({ description: 'Length in seconds (4, 8 or 12 by default)', examples: [8] }),
     ),
     size: Type.Optional(Type.String({ description: 'WIDTHxHEIGHT', examples: ['1280x720'] })),
+    webhook_url: Type.Optional(
+      Type.String({
+        description:
+          "Also POST this job's video.completed / video.failed here, signed with your webhook endpoints' secret (register one first)",
+        examples: ['https://example.com/hooks/reelpostly'],
+      }),
+    ),
   },
   { additionalProperties: true },
 );
@@ -68,7 +75,7 @@ export function seedRoutes(services: Services): FastifyPluginAsyncTypebox {
       },
       async (request, reply) => {
         const caller = callerOf(request);
-        const { prompt, model, seconds, size } = request.body;
+        const { prompt, model, seconds, size, webhook_url } = request.body;
         return idempotent(services, request, reply, {
           presentError: presentSeedError,
           run: async () => {
@@ -79,6 +86,7 @@ export function seedRoutes(services: Services): FastifyPluginAsyncTypebox {
               ...(model === undefined ? {} : { model }),
               ...(seconds === undefined ? {} : { seconds }),
               ...(size === undefined ? {} : { size }),
+              ...(webhook_url === undefined ? {} : { webhookUrl: webhook_url }),
             });
             return {
               statusCode: 200,

@@ -69,6 +69,13 @@ const CreateVideoBody = Type.Object(
         },
       ),
     ),
+    webhook_url: Type.Optional(
+      Type.String({
+        description:
+          "Extension: also POST this video's video.completed / video.failed here, signed (Standard Webhooks) with your webhook endpoints' secret; register an endpoint first. https and a public address.",
+        examples: ['https://example.com/hooks/reelpostly'],
+      }),
+    ),
   },
   { additionalProperties: true },
 );
@@ -132,7 +139,7 @@ export function videosRoutes(services: Services): FastifyPluginAsyncTypebox {
       },
       async (request, reply) => {
         const caller = callerOf(request);
-        const { prompt, model, seconds, size, input_reference } = request.body;
+        const { prompt, model, seconds, size, input_reference, webhook_url } = request.body;
         const inputReference = inputReferenceOf(request, input_reference);
         const fingerprint = uploadDigest(request);
         return idempotent(services, request, reply, {
@@ -147,6 +154,7 @@ export function videosRoutes(services: Services): FastifyPluginAsyncTypebox {
               ...(seconds === undefined ? {} : { seconds: Number(seconds) }),
               ...(size === undefined ? {} : { size }),
               ...(inputReference ? { inputReference } : {}),
+              ...(webhook_url === undefined ? {} : { webhookUrl: webhook_url }),
             });
             return { statusCode: 200, body: sendVideo(reply, job) };
           },
