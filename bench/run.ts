@@ -1,7 +1,7 @@
 /**
  * `npm run bench`: every figure measured side by side in the same run against a
  * baseline on the same machine, printed as ONE table with PASS/FAIL against the
- * targets of issue 6. Not part of `npm test`. Takes about two minutes.
+ * targets of the pipeline issue. Not part of `npm test`. Takes about two minutes.
  *
  *   BENCH_SECONDS  seconds per load run (default 3)
  *   BENCH_ROUNDS   interleaved rounds per comparison, best kept (default 3)

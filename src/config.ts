@@ -69,7 +69,7 @@ export interface Config {
     maxCheckFailures: number;
     maxBackoffMs: number;
   };
-  /** Tenant webhooks and batches (issue 7). */
+  /** Tenant webhooks and batches. */
   webhooks: {
     /** Hosts webhooks may reach although private (and over http): development and tests. */
     allowHosts: string[];

@@ -44,7 +44,7 @@ export interface Services {
   accounts: Accounts;
   pipeline: JobPipeline;
   videos: VideoService;
-  /** Tenant webhooks, their outbox sender, and batches (issue 7). */
+  /** Tenant webhooks, their outbox sender, and batches. */
   webhooks: WebhookService;
   dispatcher: WebhookDispatcher;
   batches: BatchService;
@@ -106,7 +106,7 @@ export function createServices(
   );
   warnUnservableRoutes(catalog, providers, logger);
 
-  // Issue 7: job writes go through the outbox decorator, so a job's end and its
+  // Job writes go through the outbox decorator, so a job's end and its
   // webhook events commit together.
   const policy = new WebhookUrlPolicy({ allowHosts: config.webhooks.allowHosts });
   const webhooks = new WebhookService({

@@ -10,7 +10,7 @@ function publicEndpoint(endpoint: WebhookEndpoint) {
   return rest;
 }
 
-/** `reelpostly webhooks add|list|remove TENANT` (issue 7). */
+/** `reelpostly webhooks add|list|remove TENANT`. */
 export function addWebhookCommands(
   program: Command,
   options: {

@@ -357,7 +357,7 @@ export interface AuditLog {
   listAudit(options: { tenantId?: string; limit: number }): Promise<AuditEntry[]>;
 }
 
-// ---------------------------------------------------------------- webhooks, outbox, batches (issue 7)
+// ---------------------------------------------------------------- webhooks, outbox, batches
 
 export type WebhookEventType =
   | 'video.completed'

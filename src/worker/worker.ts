@@ -87,7 +87,7 @@ export function startWorker(services: Services): { stop(): Promise<void> } {
       limiter,
       stopping: () => stopped,
     })
-      // Issue 7: batch completion and webhook deliveries ride the same tick.
+      // Batch completion and webhook deliveries ride the same tick.
       .then(() => runOutbox(services, { now: services.clock.now(), concurrency, batchSize }))
       .then(() => {
         if (!stopped) timer = setTimeout(tick, intervalMs);

@@ -1,5 +1,5 @@
 /**
- * Issue 7's part of the `Store` contract (webhook endpoints, the delivery outbox,
+ * The webhook and batch part of the `Store` contract (webhook endpoints, the delivery outbox,
  * batches), run by `runStoreContract` against every adapter.
  */
 import assert from 'node:assert/strict';

@@ -127,7 +127,7 @@ describe('a 1 GiB upstream video', () => {
   });
 
   it('keeps the gateway under 200 MB peak RSS', {
-    todo: 'idle gateway ~135-140 MB; peak 172-188 MB run alone but up to 205 MB beside other test files (GC lags the stream); see the issue 6 note',
+    todo: 'idle gateway ~135-140 MB; peak 172-188 MB run alone but up to 205 MB beside other test files (GC lags the stream); the AWS SDK clients load even when unused',
   }, () => {
     assert.ok(peak > 0, 'the streaming test ran');
     assert.ok(peak < RSS_LIMIT, `peak RSS ${mb(peak)} MB`);

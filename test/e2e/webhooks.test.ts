@@ -1,5 +1,5 @@
 /**
- * Tenant webhooks and batches (issue 7), for real: a receiver on 127.0.0.1 verifying
+ * Tenant webhooks and batches, for real: a receiver on 127.0.0.1 verifying
  * Standard Webhooks signatures with the `standardwebhooks` package, retries on an
  * injected clock, a gateway replaced mid-way on the same SQLite file, SSRF refusals,
  * and batches racing for one balance.

@@ -96,7 +96,7 @@ const NOT_SENT_CODES = new Set([
 
 /**
  * The SDK's functions, imported on first use: their generated schemas cost a process
- * ~55 MB of memory, which a gateway without OpenRouter configured must not pay (issue 6).
+ * ~55 MB of memory, which a gateway without OpenRouter configured must not pay.
  */
 async function importSdk() {
   const [core, http, getKey, generate, getGeneration, getContent] = await Promise.all([

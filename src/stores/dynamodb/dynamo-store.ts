@@ -318,7 +318,7 @@ function jobItem(job: Job): Item {
   return item;
 }
 
-// Webhook endpoints, the delivery outbox and batches (issue 7).
+// Webhook endpoints, the delivery outbox and batches.
 const ENDPOINT_FIELDS = fields<WebhookEndpoint>({
   endpointId: true,
   tenantId: true,
@@ -1139,7 +1139,7 @@ export class DynamoStore implements Store {
     });
   }
 
-  // -------------------------------------------------------------- webhooks, outbox, batches (issue 7)
+  // -------------------------------------------------------------- webhooks, outbox, batches
 
   async createEndpoint(endpoint: WebhookEndpoint): Promise<void> {
     const failed = await retrying(() =>

@@ -113,7 +113,7 @@ export const migrations: readonly string[] = [
     CHECK (state = 'in_progress' OR (status_code IS NOT NULL AND body IS NOT NULL))
   ) STRICT, WITHOUT ROWID;
   `,
-  // Audit log of operator actions (issue 6). Append-only, like the ledger.
+  // Audit log of operator actions. Append-only, like the ledger.
   `
   CREATE TABLE audit_log (
     seq       INTEGER PRIMARY KEY,
@@ -132,7 +132,7 @@ export const migrations: readonly string[] = [
   CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
   BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END;
   `,
-  // Webhook endpoints, the delivery outbox and batches (issue 7).
+  // Webhook endpoints, the delivery outbox and batches.
   WEBHOOKS_MIGRATION,
   JOB_ENDPOINTS_MIGRATION,
 ];

@@ -495,7 +495,7 @@ export class SqliteStore implements Store {
     return rows.map((row) => ({ ...row, details: JSON.parse(row.details) }));
   }
 
-  // -------------------------------------------------------------- webhooks, outbox, batches (issue 7)
+  // -------------------------------------------------------------- webhooks, outbox, batches
 
   async createEndpoint(endpoint: WebhookEndpoint): Promise<void> {
     this.#atomic(() => this.#wh.insertEndpoint.run(endpointRow(endpoint)));

@@ -2,8 +2,8 @@ import type Database from 'better-sqlite3';
 import type { Batch, Delivery, WebhookEndpoint } from '../../core/ports.ts';
 
 /**
- * Rows and statements of the webhook endpoints, the delivery outbox and batches
- * (issue 7), kept apart from the core statements of sqlite-store.ts.
+ * Rows and statements of the webhook endpoints, the delivery outbox and batches,
+ * kept apart from the core statements of sqlite-store.ts.
  */
 
 const ENDPOINT_COLUMNS = `endpoint_id AS endpointId, tenant_id AS tenantId, url, events, secret,
@@ -127,7 +127,7 @@ export function prepareWebhookStatements(db: Database.Database) {
   };
 }
 
-/** Migration step of issue 7 (appended to `migrations`). */
+/** Migration step for webhooks, the outbox and batches (appended to `migrations`). */
 export const WEBHOOKS_MIGRATION = `
   CREATE TABLE webhook_endpoints (
     endpoint_id                TEXT PRIMARY KEY,
