@@ -3,7 +3,7 @@ import { AppError, isAppError } from './errors.ts';
 import { newId, newVideoId } from './ids.ts';
 import { newLeaseOwner } from './pipeline.ts';
 import { type Batch, type Clock, type Job, MAX_BATCH_JOBS, type Store } from './ports.ts';
-import { type Route, type VideoService, validatePrompt } from './videos.ts';
+import { queuedJob, type Route, type VideoService, validatePrompt } from './videos.ts';
 import type { WebhookService } from './webhooks.ts';
 
 export interface BatchItemInput {
@@ -72,37 +72,21 @@ export class BatchService {
     const now = clock.now();
     const batchId = newId('batch');
     const owner = newLeaseOwner();
-    const jobs: Job[] = planned.map(({ prompt, resolved, routes }) => {
-      const first = routes[0] as Route;
-      return {
+    // As for single videos: the lease covers the submit, the worker recovers a crash.
+    const jobs: Job[] = planned.map(({ prompt, resolved, routes }) =>
+      queuedJob({
         jobId: newVideoId(),
         tenantId: input.tenantId,
         keyId: input.keyId,
-        model: resolved.model.id,
-        provider: first.provider.id,
-        upstreamModel: first.upstreamModel,
-        providerJobId: null,
         prompt,
-        seconds: resolved.seconds,
-        size: resolved.size,
-        state: 'queued',
-        progress: 0,
-        providerStatus: 'submitting',
-        error: null,
-        cost: resolved.cost,
-        asset: null,
+        resolved,
+        route: routes[0] as Route,
         remixedFromJobId: null,
-        createdAt: now,
-        updatedAt: now,
-        completedAt: null,
-        // As for single videos: the lease covers the submit, the worker recovers a crash.
-        nextCheckAt: now + options.submitTimeoutMs,
-        checkFailures: 0,
+        now,
         leaseOwner: owner,
-        leaseUntil: now + options.submitTimeoutMs,
-        version: 1,
-      };
-    });
+        submitTimeoutMs: options.submitTimeoutMs,
+      }),
+    );
     const cost = jobs.reduce((total, job) => total + job.cost, 0);
     const { batch, balance } = await store.createBatch(
       {

@@ -221,33 +221,18 @@ export class VideoService {
     const owner = newLeaseOwner();
     const { job, balance } = await store
       .createJob(
-        {
+        queuedJob({
           jobId,
           tenantId: input.tenantId,
           keyId: input.keyId,
-          model: resolved.model.id,
-          provider: first.provider.id,
-          upstreamModel: first.upstreamModel,
-          providerJobId: null,
           prompt,
-          seconds: resolved.seconds,
-          size: resolved.size,
-          state: 'queued',
-          progress: 0,
-          providerStatus: 'submitting',
-          error: null,
-          cost: resolved.cost,
-          asset: null,
+          resolved,
+          route: first,
           remixedFromJobId: input.remixOf?.jobId ?? null,
-          createdAt: now,
-          updatedAt: now,
-          completedAt: null,
-          nextCheckAt: now + options.submitTimeoutMs,
-          checkFailures: 0,
+          now,
           leaseOwner: owner,
-          leaseUntil: now + options.submitTimeoutMs,
-          version: 1,
-        },
+          submitTimeoutMs: options.submitTimeoutMs,
+        }),
         {
           entryId: `charge:${jobId}`,
           tenantId: input.tenantId,
@@ -451,4 +436,50 @@ export function validatePrompt(prompt: string | undefined): string {
     );
   }
   return prompt;
+}
+
+/**
+ * A new job as it is created: queued, charged, and leased to its creator for the
+ * submit, so the worker recovers it if the process dies before the upstream answers.
+ */
+export function queuedJob(input: {
+  jobId: string;
+  tenantId: string;
+  keyId: string;
+  prompt: string;
+  resolved: ResolvedRequest;
+  route: Route;
+  remixedFromJobId: string | null;
+  now: number;
+  leaseOwner: string;
+  submitTimeoutMs: number;
+}): Job {
+  const { resolved, now } = input;
+  return {
+    jobId: input.jobId,
+    tenantId: input.tenantId,
+    keyId: input.keyId,
+    model: resolved.model.id,
+    provider: input.route.provider.id,
+    upstreamModel: input.route.upstreamModel,
+    providerJobId: null,
+    prompt: input.prompt,
+    seconds: resolved.seconds,
+    size: resolved.size,
+    state: 'queued',
+    progress: 0,
+    providerStatus: 'submitting',
+    error: null,
+    cost: resolved.cost,
+    asset: null,
+    remixedFromJobId: input.remixedFromJobId,
+    createdAt: now,
+    updatedAt: now,
+    completedAt: null,
+    nextCheckAt: now + input.submitTimeoutMs,
+    checkFailures: 0,
+    leaseOwner: input.leaseOwner,
+    leaseUntil: now + input.submitTimeoutMs,
+    version: 1,
+  };
 }
