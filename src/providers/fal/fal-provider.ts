@@ -54,6 +54,7 @@ import type {
   VideoVariant,
   WebhookRequest,
 } from '../../core/ports.ts';
+import { FRAMES, type Frame, referenceImageUrl } from '../frames.ts';
 
 const PROVIDER_ID = 'fal';
 export const FAL_QUEUE_URL = 'https://queue.fal.run';
@@ -71,26 +72,16 @@ const PROBE_REQUEST_ID = '00000000-0000-0000-0000-000000000000';
 
 // ---------------------------------------------------------------- parameter styles
 
-type Shape = { aspectRatio: string; resolution: string };
-
-/** Our Sora-style sizes -> fal's aspect ratio + resolution. */
-const SIZES: Readonly<Record<string, Shape>> = {
-  '1280x720': { aspectRatio: '16:9', resolution: '720p' },
-  '720x1280': { aspectRatio: '9:16', resolution: '720p' },
-  '1792x1024': { aspectRatio: '16:9', resolution: '1080p' },
-  '1024x1792': { aspectRatio: '9:16', resolution: '1080p' },
-};
-
 interface ParamStyle {
   seconds: readonly number[];
   sizes: readonly string[];
   /** The upstream fields for seconds/size (prompt and image are added by the caller). */
-  fields(seconds: number, shape: Shape): Record<string, unknown>;
+  fields(seconds: number, shape: Frame): Record<string, unknown>;
 }
 
 const range = (from: number, to: number): number[] =>
   Array.from({ length: to - from + 1 }, (_, i) => from + i);
-const ALL_SIZES = Object.keys(SIZES);
+const ALL_SIZES = Object.keys(FRAMES);
 
 /** How each family of fal endpoints spells duration and shape (see the model API pages). */
 export const FAL_PARAM_STYLES: Readonly<Record<string, ParamStyle>> = {
@@ -382,12 +373,12 @@ export class FalProvider implements VideoProvider {
 
   async submit(input: SubmitInput): Promise<{ providerJobId: string }> {
     const style = checkFalParams(input);
-    const shape = SIZES[input.size] as Shape;
+    const shape = FRAMES[input.size] as Frame;
     const body: Record<string, unknown> = {
       prompt: input.prompt,
       ...style.fields(input.seconds, shape),
     };
-    const imageUrl = imageUrlOf(input);
+    const imageUrl = referenceImageUrl(input.inputReference);
     if (imageUrl) body.image_url = imageUrl;
 
     const url = new URL(`${this.#baseUrl}/${input.upstreamModel.replace(/^\/+/, '')}`);
@@ -727,17 +718,6 @@ function jobErrorOf(body: unknown, headerType: string | undefined): JobError | u
   // A bare `error` on a status answer (newer queue versions) is the job's failure too.
   if (isRecord(body) && typeof body.error === 'string' && body.error !== '') {
     return { code: 'upstream_error', message: body.error };
-  }
-  return undefined;
-}
-
-function imageUrlOf(input: SubmitInput): string | undefined {
-  const reference = input.inputReference;
-  if (!reference) return undefined;
-  if (reference.url) return reference.url;
-  if (reference.data) {
-    const type = reference.contentType ?? 'image/png';
-    return `data:${type};base64,${reference.data.toString('base64')}`;
   }
   return undefined;
 }

@@ -16,11 +16,7 @@ import { createHmac, timingSafeEqual } from 'node:crypto';
 import { Readable } from 'node:stream';
 import type { ReadableStream as NodeReadableStream } from 'node:stream/web';
 import type { OpenRouterCore } from '@openrouter/sdk/core.js';
-import type {
-  VideoGenerationRequest,
-  VideoGenerationRequestAspectRatio,
-  VideoGenerationRequestResolution,
-} from '@openrouter/sdk/models';
+import type { VideoGenerationRequest } from '@openrouter/sdk/models';
 import type { APICall, APIPromise } from '@openrouter/sdk/types/async.js';
 import type { Result } from '@openrouter/sdk/types/fp.js';
 import { AppError, ProviderError } from '../../core/errors.ts';
@@ -36,6 +32,7 @@ import type {
   VideoVariant,
   WebhookRequest,
 } from '../../core/ports.ts';
+import { FRAMES, referenceImageUrl } from '../frames.ts';
 
 const PROVIDER_ID = 'openrouter';
 export const OPENROUTER_DEFAULT_BASE_URL = 'https://openrouter.ai/api/v1';
@@ -67,19 +64,6 @@ export const OPENROUTER_MODELS: Readonly<Record<string, OpenRouterModelLimits>> 
   'kwaivgi/kling-v3.0-pro': { durations: range(3, 15), resolutions: ['720p', '1080p'] },
   'bytedance/seedance-2.0': { durations: range(4, 15), resolutions: ['480p', '720p', '1080p'] },
   'alibaba/wan-2.7': { durations: range(2, 15), resolutions: ['720p', '1080p'] },
-};
-
-/** Our Sora-style sizes and the aspect ratio + resolution OpenRouter is asked for. */
-const SIZES: Readonly<
-  Record<
-    string,
-    { aspectRatio: VideoGenerationRequestAspectRatio; resolution: VideoGenerationRequestResolution }
-  >
-> = {
-  '1280x720': { aspectRatio: '16:9', resolution: '720p' },
-  '720x1280': { aspectRatio: '9:16', resolution: '720p' },
-  '1792x1024': { aspectRatio: '16:9', resolution: '1080p' },
-  '1024x1792': { aspectRatio: '9:16', resolution: '1080p' },
 };
 
 const MODERATION_PATTERN = /content policy|moderation|safety|prohibited|nsfw|inappropriate/i;
@@ -198,7 +182,7 @@ export class OpenRouterProvider implements VideoProvider {
 
   async submit(input: SubmitInput): Promise<{ providerJobId: string }> {
     this.checkParams(input);
-    const size = SIZES[input.size];
+    const size = FRAMES[input.size];
     if (!size) throw new RangeError(`checkParams let size ${input.size} through`);
     const request: VideoGenerationRequest = {
       model: input.upstreamModel,
@@ -363,9 +347,9 @@ export function checkOpenRouterParams(
       { param: 'seconds' },
     );
   }
-  const size = SIZES[params.size];
+  const size = FRAMES[params.size];
   if (!size || !limits.resolutions.includes(size.resolution)) {
-    const allowed = Object.entries(SIZES)
+    const allowed = Object.entries(FRAMES)
       .filter(([, mapped]) => limits.resolutions.includes(mapped.resolution))
       .map(([name]) => name);
     throw new AppError(
@@ -377,10 +361,8 @@ export function checkOpenRouterParams(
 }
 
 function referenceUrl(reference: InputReference): string {
-  if (reference.url) return reference.url;
-  if (reference.data) {
-    return `data:${reference.contentType ?? 'image/png'};base64,${reference.data.toString('base64')}`;
-  }
+  const url = referenceImageUrl(reference);
+  if (url) return url;
   throw new AppError('validation_error', 'input_reference has neither a URL nor image bytes', {
     param: 'input_reference',
   });

@@ -36,6 +36,7 @@ import type {
   VideoVariant,
   WebhookRequest,
 } from '../../core/ports.ts';
+import { FRAMES, type Frame, referenceImageUrl } from '../frames.ts';
 
 const PROVIDER_ID = 'replicate';
 const DEFAULT_BASE_URL = 'https://api.replicate.com/v1';
@@ -59,17 +60,6 @@ const NOT_SENT_CODES = new Set([
   'ENETUNREACH',
   'UND_ERR_CONNECT_TIMEOUT',
 ]);
-
-type Resolution = '720p' | '1080p';
-type Frame = { aspectRatio: '16:9' | '9:16'; resolution: Resolution };
-
-/** Our Sora-style sizes; 1792x1024 is served as the nearest upstream shape, 16:9 at 1080p. */
-const SIZES: Readonly<Record<string, Frame>> = {
-  '1280x720': { aspectRatio: '16:9', resolution: '720p' },
-  '720x1280': { aspectRatio: '9:16', resolution: '720p' },
-  '1792x1024': { aspectRatio: '16:9', resolution: '1080p' },
-  '1024x1792': { aspectRatio: '9:16', resolution: '1080p' },
-};
 
 interface ParamStyle {
   /** Model name used in messages. */
@@ -493,11 +483,11 @@ function resolveRoute(params: RouteParams): { style: ParamStyle; frame: Frame } 
       { param: 'seconds' },
     );
   }
-  const frame = SIZES[params.size];
+  const frame = FRAMES[params.size];
   if (!frame) {
     throw new AppError(
       'validation_error',
-      `${style.label} via Replicate cannot serve size=${params.size}. Allowed: ${Object.keys(SIZES).join(', ')}`,
+      `${style.label} via Replicate cannot serve size=${params.size}. Allowed: ${Object.keys(FRAMES).join(', ')}`,
       { param: 'size' },
     );
   }
@@ -516,8 +506,7 @@ function referenceUrl(input: SubmitInput): string | undefined {
       { httpStatus: 400, certain: true, retryable: false },
     );
   }
-  const type = reference.contentType ?? 'application/octet-stream';
-  return `data:${type};base64,${reference.data.toString('base64')}`;
+  return referenceImageUrl(reference, 'application/octet-stream');
 }
 
 function statusOf(prediction: Prediction): ProviderJobStatus {
