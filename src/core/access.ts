@@ -17,7 +17,7 @@ const TOUCH_EVERY_MS = 60_000;
 
 /**
  * The gate every authenticated request passes: key, tenant status, then the plan's
- * rate (GCRA burst) and monthly quota, both counted per key in the store so every
+ * rate (GCRA burst) and monthly quota, counted per key in one store call so every
  * process sharing the store enforces one limit.
  */
 export class Access {
@@ -45,22 +45,21 @@ export class Access {
     }
     const plan = this.catalog.plan(tenant.planId);
 
-    const rate = await this.store.consumeRate(
+    const { rate, quota } = await this.store.consumeLimits(
       `key:${key.keyId}`,
-      { ratePerSecond: plan.ratePerSecond, burst: plan.burst },
+      {
+        rate: { ratePerSecond: plan.ratePerSecond, burst: plan.burst },
+        quota: { period: quotaPeriod(now), limit: plan.monthlyQuota },
+      },
       now,
     );
-    if (!rate.allowed) {
+    if (!rate.allowed || !quota) {
       throw new AppError(
         'rate_limited',
         `Rate limit exceeded: ${plan.ratePerSecond} requests per second, burst ${plan.burst}`,
         { details: { rate, retryAfterMs: rate.retryAfterMs } },
       );
     }
-    const quota = await this.store.consumeQuota(`key:${key.keyId}`, {
-      period: quotaPeriod(now),
-      limit: plan.monthlyQuota,
-    });
     if (!quota.allowed) {
       throw new AppError(
         'quota_exceeded',

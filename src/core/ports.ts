@@ -259,11 +259,31 @@ export interface QuotaDecision {
   remaining: number;
 }
 
+export interface QuotaParams {
+  /** The counting period, e.g. `2026-12`. */
+  period: string;
+  /** Requests allowed in the period. */
+  limit: number;
+}
+
+export interface LimitDecision {
+  rate: RateDecision;
+  /** null when the rate limit refused first: the quota was neither checked nor counted. */
+  quota: QuotaDecision | null;
+}
+
 export interface LimitStore {
-  /** GCRA check-and-consume of one request, atomic per bucket. */
-  consumeRate(bucket: string, params: RateLimitParams, now: number): Promise<RateDecision>;
-  /** Counts one request against `period` (e.g. `2026-12`) unless the limit is reached. */
-  consumeQuota(bucket: string, options: { period: string; limit: number }): Promise<QuotaDecision>;
+  /**
+   * One request against a bucket's rate (GCRA burst) and then its quota, each
+   * check-and-consume atomic across every process sharing the store. A request the
+   * rate refuses counts nothing; one the quota refuses has used its rate slot (it
+   * still reached the server).
+   */
+  consumeLimits(
+    bucket: string,
+    limits: { rate: RateLimitParams; quota: QuotaParams },
+    now: number,
+  ): Promise<LimitDecision>;
   /** Requests counted so far in the period. */
   getQuotaUsage(bucket: string, period: string): Promise<number>;
 }

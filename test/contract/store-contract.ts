@@ -667,13 +667,18 @@ export function runStoreContract(name: string, factory: () => Promise<StoreHarne
     });
 
     describe('limits', () => {
+      const ample = { period: '2026-01', limit: 1_000_000 };
+      const lavish = { ratePerSecond: 1_000_000, burst: 1_000_000 };
+
       test('GCRA allows a burst, then denies with retryAfterMs until time passes', async ({
         store,
       }) => {
         const params = { ratePerSecond: 10, burst: 5 };
+        const rate = async (bucket: string, now: number) =>
+          (await store.consumeLimits(bucket, { rate: params, quota: ample }, now)).rate;
         const remaining: number[] = [];
         for (let index = 0; index < 5; index += 1) {
-          const decision = await store.consumeRate('k_1', params, T0);
+          const decision = await rate('k_1', T0);
           assert.equal(decision.allowed, true);
           assert.equal(decision.limit, 5);
           assert.equal(decision.retryAfterMs, 0);
@@ -681,49 +686,69 @@ export function runStoreContract(name: string, factory: () => Promise<StoreHarne
         }
         assert.deepEqual(remaining, [4, 3, 2, 1, 0]);
 
-        const denied = await store.consumeRate('k_1', params, T0);
-        assert.equal(denied.allowed, false);
-        assert.equal(denied.remaining, 0);
-        assert.equal(denied.retryAfterMs, 100);
-        assert.ok(denied.resetMs > 0);
+        const denied = await store.consumeLimits('k_1', { rate: params, quota: ample }, T0);
+        assert.equal(denied.rate.allowed, false);
+        assert.equal(denied.rate.remaining, 0);
+        assert.equal(denied.rate.retryAfterMs, 100);
+        assert.ok(denied.rate.resetMs > 0);
+        assert.equal(denied.quota, null, 'a request the rate refuses is not counted');
+        assert.equal(await store.getQuotaUsage('k_1', ample.period), 5);
         // A denial consumes nothing: at T0+99 it is still 1 ms short, not pushed further.
-        const stillDenied = await store.consumeRate('k_1', params, T0 + 99);
+        const stillDenied = await rate('k_1', T0 + 99);
         assert.equal(stillDenied.allowed, false);
         assert.equal(stillDenied.retryAfterMs, 1);
 
-        assert.equal((await store.consumeRate('k_2', params, T0)).allowed, true, 'buckets leak');
+        assert.equal((await rate('k_2', T0)).allowed, true, 'buckets leak');
 
-        assert.equal((await store.consumeRate('k_1', params, T0 + 100)).allowed, true);
-        assert.equal((await store.consumeRate('k_1', params, T0 + 100)).allowed, false);
+        assert.equal((await rate('k_1', T0 + 100)).allowed, true);
+        assert.equal((await rate('k_1', T0 + 100)).allowed, false);
 
         const idle = T0 + 60_000;
         let allowed = 0;
         for (let index = 0; index < 8; index += 1) {
-          if ((await store.consumeRate('k_1', params, idle)).allowed) allowed += 1;
+          if ((await rate('k_1', idle)).allowed) allowed += 1;
         }
         assert.equal(allowed, 5, 'an idle bucket refills to exactly the burst');
       });
 
       test('quota counts up to the limit per period', async ({ store }) => {
+        const quota = async (bucket: string, options: { period: string; limit: number }) => {
+          const decision = await store.consumeLimits(bucket, { rate: lavish, quota: options }, T0);
+          assert.equal(decision.rate.allowed, true);
+          return decision.quota;
+        };
         const options = { period: '2026-01', limit: 3 };
         const used: number[] = [];
         for (let index = 0; index < 3; index += 1) {
-          const decision = await store.consumeQuota('k_1', options);
-          assert.equal(decision.allowed, true);
-          assert.equal(decision.limit, 3);
-          assert.equal(decision.remaining, 3 - decision.used);
-          used.push(decision.used);
+          const decision = await quota('k_1', options);
+          assert.equal(decision?.allowed, true);
+          assert.equal(decision?.limit, 3);
+          assert.equal(decision?.remaining, 3 - (decision?.used ?? 0));
+          used.push(decision?.used ?? 0);
         }
         assert.deepEqual(used, [1, 2, 3]);
-        const denied = await store.consumeQuota('k_1', options);
+        const denied = await quota('k_1', options);
         assert.deepEqual(denied, { allowed: false, limit: 3, used: 3, remaining: 0 });
         assert.equal(await store.getQuotaUsage('k_1', '2026-01'), 3);
 
-        const nextMonth = await store.consumeQuota('k_1', { period: '2026-02', limit: 3 });
+        const nextMonth = await quota('k_1', { period: '2026-02', limit: 3 });
         assert.deepEqual(nextMonth, { allowed: true, limit: 3, used: 1, remaining: 2 });
         assert.equal(await store.getQuotaUsage('k_2', '2026-01'), 0);
-        const raised = await store.consumeQuota('k_1', { period: '2026-01', limit: 4 });
+        const raised = await quota('k_1', { period: '2026-01', limit: 4 });
         assert.deepEqual(raised, { allowed: true, limit: 4, used: 4, remaining: 0 });
+      });
+
+      test('a request the quota refuses still uses its rate slot', async ({ store }) => {
+        const limits = { rate: { ratePerSecond: 1, burst: 2 }, quota: { period: 'p', limit: 1 } };
+        const first = await store.consumeLimits('k_q', limits, T0);
+        assert.equal(first.quota?.allowed, true);
+        const second = await store.consumeLimits('k_q', limits, T0);
+        assert.equal(second.rate.allowed, true);
+        assert.equal(second.quota?.allowed, false);
+        const third = await store.consumeLimits('k_q', limits, T0);
+        assert.equal(third.rate.allowed, false, 'the burst of 2 was used by both requests');
+        assert.equal(third.quota, null);
+        assert.equal(await store.getQuotaUsage('k_q', 'p'), 1);
       });
     });
 
@@ -909,31 +934,38 @@ export function runStoreContract(name: string, factory: () => Promise<StoreHarne
         assert.equal((await harness.store.getJob('video_1'))?.leaseOwner, winners[0]?.leaseOwner);
       });
 
-      test('200 parallel consumeRate at one instant: exactly the burst passes', async (harness) => {
+      test('200 parallel requests at one instant: exactly the burst passes', async (harness) => {
         const stores = await connections(harness);
-        const params = { ratePerSecond: 1, burst: 20 };
+        const limits = {
+          rate: { ratePerSecond: 1, burst: 20 },
+          quota: { period: '2026-01', limit: 1_000 },
+        };
         const decisions = await Promise.all(
           Array.from({ length: 200 }, (_, index) =>
-            (stores[index % stores.length] as Store).consumeRate('k_hot', params, T0),
+            (stores[index % stores.length] as Store).consumeLimits('k_hot', limits, T0),
           ),
         );
-        assert.equal(decisions.filter((decision) => decision.allowed).length, 20);
-        for (const decision of decisions.filter((d) => !d.allowed)) {
-          assert.ok(decision.retryAfterMs > 0);
+        assert.equal(decisions.filter((decision) => decision.rate.allowed).length, 20);
+        for (const decision of decisions.filter((d) => !d.rate.allowed)) {
+          assert.ok(decision.rate.retryAfterMs > 0);
+          assert.equal(decision.quota, null);
         }
+        assert.equal(await harness.store.getQuotaUsage('k_hot', '2026-01'), 20);
       });
 
       test('parallel quota consumption never exceeds the limit', async (harness) => {
         const stores = await connections(harness);
+        const limits = {
+          rate: { ratePerSecond: 1_000, burst: 1_000 },
+          quota: { period: '2026-01', limit: 40 },
+        };
         const decisions = await Promise.all(
           Array.from({ length: 120 }, (_, index) =>
-            (stores[index % stores.length] as Store).consumeQuota('k_1', {
-              period: '2026-01',
-              limit: 40,
-            }),
+            (stores[index % stores.length] as Store).consumeLimits('k_1', limits, T0),
           ),
         );
-        assert.equal(decisions.filter((decision) => decision.allowed).length, 40);
+        assert.equal(decisions.filter((decision) => decision.quota?.allowed).length, 40);
+        assert.equal(decisions.filter((decision) => decision.quota?.allowed === false).length, 80);
         assert.equal(await harness.store.getQuotaUsage('k_1', '2026-01'), 40);
       });
     });

@@ -58,7 +58,7 @@
  *   updateJob    Put job on version (+ the post items in the same transaction)
  *   claimJob     conditional Update   deleteJob conditional Delete
  *   listDueJobs  Query GSI3 per shard, merge
- *   consumeRate  Get bucket, gcra(), Put on the TAT read   consumeQuota conditional ADD
+ *   consumeLimits  rate: Get bucket, gcra(), Put on the TAT read; then quota: conditional ADD
  *   idempotency  conditional Put / Update / Delete, Get to explain a refused Put
  *   endpoints    create Transact{check tenant, Put}  list Query GSI1 WEBHOOKS#t  update Put
  *                on the updatedAt read   delete Delete
@@ -111,11 +111,13 @@ import {
   type JobPatch,
   type JobState,
   type LedgerEntry,
+  type LimitDecision,
   MAX_BATCH_JOBS,
   type NewLedgerEntry,
   type Page,
   type PostResult,
   type QuotaDecision,
+  type QuotaParams,
   type RateDecision,
   type RateLimitParams,
   type Store,
@@ -1439,7 +1441,17 @@ export class DynamoStore implements Store {
 
   // -------------------------------------------------------------- limits
 
-  async consumeRate(bucket: string, params: RateLimitParams, now: number): Promise<RateDecision> {
+  async consumeLimits(
+    bucket: string,
+    limits: { rate: RateLimitParams; quota: QuotaParams },
+    now: number,
+  ): Promise<LimitDecision> {
+    const rate = await this.#consumeRate(bucket, limits.rate, now);
+    if (!rate.allowed) return { rate, quota: null };
+    return { rate, quota: await this.#consumeQuota(bucket, limits.quota) };
+  }
+
+  async #consumeRate(bucket: string, params: RateLimitParams, now: number): Promise<RateDecision> {
     return this.#inTurn(`rate:${bucket}`, () =>
       retrying(async () => {
         const item = await this.#get(key.rate(bucket));
@@ -1473,10 +1485,7 @@ export class DynamoStore implements Store {
     );
   }
 
-  async consumeQuota(
-    bucket: string,
-    options: { period: string; limit: number },
-  ): Promise<QuotaDecision> {
+  async #consumeQuota(bucket: string, options: QuotaParams): Promise<QuotaDecision> {
     const { period, limit } = options;
     return retrying(async () => {
       try {

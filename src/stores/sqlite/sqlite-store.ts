@@ -16,12 +16,12 @@ import {
   type Job,
   type JobPatch,
   type LedgerEntry,
+  type LimitDecision,
   MAX_BATCH_JOBS,
   type NewLedgerEntry,
   type Page,
   type PostResult,
-  type QuotaDecision,
-  type RateDecision,
+  type QuotaParams,
   type RateLimitParams,
   type Store,
   type StoredResponse,
@@ -412,25 +412,20 @@ export class SqliteStore implements Store {
 
   // -------------------------------------------------------------- limits
 
-  async consumeRate(bucket: string, params: RateLimitParams, now: number): Promise<RateDecision> {
-    return this.#atomic(() => {
-      const stored = this.#sql.getTat.get({ bucket });
-      const { tat, ...decision } = gcra(stored ?? null, params, now);
-      if (decision.allowed) this.#sql.upsertTat.run({ bucket, tat });
-      return decision;
-    });
-  }
-
-  async consumeQuota(
+  async consumeLimits(
     bucket: string,
-    options: { period: string; limit: number },
-  ): Promise<QuotaDecision> {
-    const { period, limit } = options;
-    return this.#atomic(() => {
+    limits: { rate: RateLimitParams; quota: QuotaParams },
+    now: number,
+  ): Promise<LimitDecision> {
+    const { period, limit } = limits.quota;
+    return this.#atomic((): LimitDecision => {
+      const { tat, ...rate } = gcra(this.#sql.getTat.get({ bucket }) ?? null, limits.rate, now);
+      if (!rate.allowed) return { rate, quota: null };
+      this.#sql.upsertTat.run({ bucket, tat });
       const used = this.#sql.getQuota.get({ bucket, period }) ?? 0;
-      if (used >= limit) return { allowed: false, limit, used, remaining: 0 };
+      if (used >= limit) return { rate, quota: { allowed: false, limit, used, remaining: 0 } };
       this.#sql.upsertQuota.run({ bucket, period, used: used + 1 });
-      return { allowed: true, limit, used: used + 1, remaining: limit - used - 1 };
+      return { rate, quota: { allowed: true, limit, used: used + 1, remaining: limit - used - 1 } };
     });
   }
 
