@@ -8,9 +8,10 @@ import { createInterface } from 'node:readline';
 import { after, before, describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import Database from 'better-sqlite3';
-import type { Store } from '../../src/core/ports.ts';
+import type { ApiKey, Store } from '../../src/core/ports.ts';
 import { schemaVersion } from '../../src/stores/sqlite/migrations.ts';
 import { createSqliteStore, type SqliteStore } from '../../src/stores/sqlite/sqlite-store.ts';
+import { chargeFor, makeJob } from '../support/fixtures.ts';
 import { runStoreContract } from './store-contract.ts';
 
 const projectRoot = fileURLToPath(new URL('../../', import.meta.url));
@@ -168,5 +169,115 @@ describe('SqliteStore specifics', () => {
     );
     const charged = new Set(entries.items.map((entry) => entry.jobId).filter((id) => id !== null));
     assert.deepEqual(charged, new Set(jobs.items.map((job) => job.jobId)));
+  });
+
+  describe('row cache (keys, tenants, jobs read on every request)', () => {
+    const tenant = (tenantId: string) => ({
+      tenantId,
+      email: `${tenantId}@example.com`,
+      planId: 'starter',
+      status: 'active' as const,
+      createdAt: 0,
+    });
+    const apiKey = (keyId: string, tenantId: string): ApiKey => ({
+      keyId,
+      tenantId,
+      name: 'k',
+      prefix: 'rp_live_abc',
+      hash: `hash-${keyId}`,
+      createdAt: 0,
+      lastUsedAt: null,
+      expiresAt: null,
+      revokedAt: null,
+    });
+
+    it('sees another connection of this process change cached rows on the next read', async () => {
+      await store.createTenant(tenant('t_cache'));
+      await store.createKey(apiKey('key_cache', 't_cache'));
+      const job = makeJob('video_cache', 't_cache');
+      await store.post({
+        entryId: 'grant:cache',
+        tenantId: 't_cache',
+        kind: 'grant',
+        amount: 5,
+        reason: 'test',
+        jobId: null,
+        createdAt: 0,
+      });
+      await store.createJob(job, chargeFor(job));
+      // Cached by the first reads.
+      assert.equal((await store.findKeyByHash('hash-key_cache'))?.revokedAt, null);
+      assert.equal((await store.getTenant('t_cache'))?.status, 'active');
+      assert.equal((await store.getJob('video_cache'))?.state, 'queued');
+
+      const other = createSqliteStore({ path });
+      try {
+        await other.revokeKey('key_cache', 123);
+        await other.updateTenant('t_cache', { status: 'suspended' });
+        await other.updateJob('video_cache', { state: 'in_progress' }, { expectVersion: 1 });
+      } finally {
+        await other.close();
+      }
+      assert.equal((await store.findKeyByHash('hash-key_cache'))?.revokedAt, 123);
+      assert.equal((await store.getTenant('t_cache'))?.status, 'suspended');
+      assert.equal((await store.getJob('video_cache'))?.state, 'in_progress');
+    });
+
+    it("sees another process's commit once it has ended", async () => {
+      await store.createTenant(tenant('t_cache_proc'));
+      assert.equal((await store.getTenant('t_cache_proc'))?.status, 'active');
+      const child = spawn(
+        process.execPath,
+        [
+          '-e',
+          `const db = new (require('better-sqlite3'))(process.argv[1]);
+           db.pragma('busy_timeout = 5000');
+           db.prepare("UPDATE tenants SET status = 'suspended' WHERE tenant_id = 't_cache_proc'").run();
+           db.close();`,
+          path,
+        ],
+        { cwd: projectRoot, stdio: 'inherit' },
+      );
+      assert.deepEqual(await once(child, 'exit'), [0, null]);
+      assert.equal((await store.getTenant('t_cache_proc'))?.status, 'suspended');
+    });
+
+    it("evicts on this connection's own writes, whichever statement makes them", async () => {
+      await store.createTenant(tenant('t_cache_own'));
+      await store.createKey(apiKey('key_cache_own', 't_cache_own'));
+      assert.equal((await store.findKeyByHash('hash-key_cache_own'))?.lastUsedAt, null);
+      await store.touchKey('key_cache_own', 456);
+      assert.equal((await store.findKeyByHash('hash-key_cache_own'))?.lastUsedAt, 456);
+      await store.updateTenant('t_cache_own', { planId: 'pro' });
+      assert.equal((await store.getTenant('t_cache_own'))?.planId, 'pro');
+    });
+
+    it('hands out frozen rows, so no caller can change what the next one reads', async () => {
+      await store.createTenant(tenant('t_cache_frozen'));
+      const row = (await store.getTenant('t_cache_frozen')) as { status: string };
+      assert.throws(() => {
+        row.status = 'cancelled';
+      }, TypeError);
+      assert.equal((await store.getTenant('t_cache_frozen'))?.status, 'active');
+    });
+
+    it('counts limits requested just before close', async () => {
+      const own = await tempDbPath();
+      const closing = createSqliteStore({ path: own.path });
+      const limits = { rate: { ratePerSecond: 10, burst: 10 }, quota: { period: 'p', limit: 10 } };
+      const pending = [1, 2, 3].map(() => closing.consumeLimits('k_close', limits, 0));
+      await closing.close();
+      assert.deepEqual(
+        (await Promise.all(pending)).map((decision) => decision.quota?.used),
+        [1, 2, 3],
+      );
+      const reopened = createSqliteStore({ path: own.path });
+      try {
+        assert.equal(await reopened.getQuotaUsage('k_close', 'p'), 3);
+      } finally {
+        await reopened.close();
+        await own.remove();
+      }
+    });
   });
 });

@@ -29,6 +29,7 @@ import {
   type WebhookEndpoint,
 } from '../../core/ports.ts';
 import { applyMigrations } from './migrations.ts';
+import { RowCache } from './row-cache.ts';
 import {
   batchRow,
   type DeliveryRow,
@@ -56,6 +57,14 @@ const JOB_COLUMNS = `job_id AS jobId, tenant_id AS tenantId, key_id AS keyId, mo
   remixed_from_job_id AS remixedFromJobId, created_at AS createdAt, updated_at AS updatedAt,
   completed_at AS completedAt, next_check_at AS nextCheckAt, check_failures AS checkFailures,
   lease_owner AS leaseOwner, lease_until AS leaseUntil, version`;
+
+interface PendingLimits {
+  bucket: string;
+  limits: { rate: RateLimitParams; quota: QuotaParams };
+  now: number;
+  resolve: (decision: LimitDecision) => void;
+  reject: (error: unknown) => void;
+}
 
 /** The fields `updateJob` may change; anything else in a patch object is ignored. */
 const PATCHABLE: readonly (keyof JobPatch)[] = [
@@ -137,6 +146,10 @@ export class SqliteStore implements Store {
   readonly #sql: ReturnType<typeof prepareStatements>;
   readonly #wh: ReturnType<typeof prepareWebhookStatements>;
   readonly #audit: ReturnType<typeof prepareAuditStatements>;
+  readonly #cache: RowCache;
+  readonly #immediate: <T>(work: () => T) => T;
+  /** consumeLimits calls waiting for this event-loop turn's shared transaction. */
+  #pendingLimits: PendingLimits[] = [];
 
   constructor(options: { path: string }) {
     if (options.path !== ':memory:') mkdirSync(dirname(options.path), { recursive: true });
@@ -151,6 +164,9 @@ export class SqliteStore implements Store {
       this.#sql = prepareStatements(db);
       this.#wh = prepareWebhookStatements(db);
       this.#audit = prepareAuditStatements(db);
+      this.#cache = new RowCache(db);
+      const run = db.transaction((work: () => unknown) => work());
+      this.#immediate = run.immediate as <T>(work: () => T) => T;
     } catch (error) {
       db.close();
       throw error;
@@ -167,6 +183,7 @@ export class SqliteStore implements Store {
   }
 
   async close(): Promise<void> {
+    this.#flushLimits();
     this.#db.close();
   }
 
@@ -184,7 +201,7 @@ export class SqliteStore implements Store {
   }
 
   async getTenant(tenantId: string): Promise<Tenant | null> {
-    return this.#sql.getTenant.get({ tenantId }) ?? null;
+    return this.#cache.read('tenant', tenantId, () => this.#sql.getTenant.get({ tenantId }));
   }
 
   async listTenants(options: { after?: string; limit: number }): Promise<Page<Tenant>> {
@@ -232,7 +249,7 @@ export class SqliteStore implements Store {
   }
 
   async findKeyByHash(hash: string): Promise<ApiKey | null> {
-    return this.#sql.findKeyByHash.get({ hash }) ?? null;
+    return this.#cache.read('key', hash, () => this.#sql.findKeyByHash.get({ hash }));
   }
 
   async getKey(keyId: string): Promise<ApiKey | null> {
@@ -321,8 +338,10 @@ export class SqliteStore implements Store {
   }
 
   async getJob(jobId: string): Promise<Job | null> {
-    const row = this.#sql.getJob.get({ jobId });
-    return row ? toJob(row) : null;
+    return this.#cache.read('job', jobId, () => {
+      const row = this.#sql.getJob.get({ jobId });
+      return row && toJob(row);
+    });
   }
 
   async listJobs(options: {
@@ -412,21 +431,48 @@ export class SqliteStore implements Store {
 
   // -------------------------------------------------------------- limits
 
-  async consumeLimits(
+  /**
+   * Requests arriving in the same event-loop turn share one transaction (group commit):
+   * each is still checked and counted in order against what the previous one wrote,
+   * under the write lock, so the result is the same as one transaction each, for a
+   * fraction of the commits.
+   */
+  consumeLimits(
     bucket: string,
     limits: { rate: RateLimitParams; quota: QuotaParams },
     now: number,
   ): Promise<LimitDecision> {
-    const { period, limit } = limits.quota;
-    return this.#atomic((): LimitDecision => {
-      const { tat, ...rate } = gcra(this.#sql.getTat.get({ bucket }) ?? null, limits.rate, now);
-      if (!rate.allowed) return { rate, quota: null };
-      this.#sql.upsertTat.run({ bucket, tat });
-      const used = this.#sql.getQuota.get({ bucket, period }) ?? 0;
-      if (used >= limit) return { rate, quota: { allowed: false, limit, used, remaining: 0 } };
-      this.#sql.upsertQuota.run({ bucket, period, used: used + 1 });
-      return { rate, quota: { allowed: true, limit, used: used + 1, remaining: limit - used - 1 } };
+    return new Promise((resolve, reject) => {
+      const queued = this.#pendingLimits.push({ bucket, limits, now, resolve, reject });
+      if (queued === 1) setImmediate(() => this.#flushLimits());
     });
+  }
+
+  #flushLimits(): void {
+    const batch = this.#pendingLimits;
+    if (batch.length === 0) return;
+    this.#pendingLimits = [];
+    let decisions: LimitDecision[];
+    try {
+      decisions = this.#atomic(() => batch.map((request) => this.#consumeLimitsNow(request)));
+    } catch (error) {
+      for (const request of batch) request.reject(error);
+      return;
+    }
+    for (const [index, request] of batch.entries()) {
+      request.resolve(decisions[index] as LimitDecision);
+    }
+  }
+
+  #consumeLimitsNow({ bucket, limits, now }: PendingLimits): LimitDecision {
+    const { period, limit } = limits.quota;
+    const { tat, ...rate } = gcra(this.#sql.getTat.get({ bucket }) ?? null, limits.rate, now);
+    if (!rate.allowed) return { rate, quota: null };
+    this.#sql.upsertTat.run({ bucket, tat });
+    const used = this.#sql.getQuota.get({ bucket, period }) ?? 0;
+    if (used >= limit) return { rate, quota: { allowed: false, limit, used, remaining: 0 } };
+    this.#sql.upsertQuota.run({ bucket, period, used: used + 1 });
+    return { rate, quota: { allowed: true, limit, used: used + 1, remaining: limit - used - 1 } };
   }
 
   async getQuotaUsage(bucket: string, period: string): Promise<number> {
@@ -629,7 +675,7 @@ export class SqliteStore implements Store {
 
   #atomic<T>(work: () => T): T {
     try {
-      return this.#db.transaction(work).immediate();
+      return this.#immediate(work);
     } catch (error) {
       throw translate(error);
     }

@@ -1,0 +1,111 @@
+import type Database from 'better-sqlite3';
+
+/** The rows every authenticated request reads: API keys by hash, tenants, jobs. */
+export type CachedTable = 'key' | 'tenant' | 'job';
+
+const EVICT_FUNCTION = 'reelpostly_evict';
+
+/** TEMP triggers belong to this connection only, so they see exactly its own writes. */
+const TRIGGERS: Array<{ table: CachedTable; on: string; id: string }> = [
+  { table: 'key', on: 'api_keys', id: 'hash' },
+  { table: 'tenant', on: 'tenants', id: 'tenant_id' },
+  { table: 'job', on: 'jobs', id: 'job_id' },
+];
+
+/**
+ * Other connections' commits are looked for at most this often (ms). Writes by other
+ * connections in this process are seen at once (see `#ownProcessWrites`); a commit by
+ * another process is seen by reads that start after this window.
+ */
+export const CROSS_PROCESS_STALENESS_MS = 1;
+
+/** Rows kept per table; past it the oldest entries go first. */
+const MAX_ROWS = 10_000;
+
+/** Evictions by any connection of this process, so sibling connections notice them. */
+let processWrites = 0;
+
+/**
+ * A read-through cache in front of one SQLite connection for the rows read on every
+ * request, so polling a job's status does not cost three SQLite reads. It never serves
+ * a row older than the database as this connection could see it, except for the bounded
+ * window above for other processes' commits:
+ *
+ * - this connection's writes evict the rows they change, through TEMP triggers that
+ *   fire inside SQLite for every UPDATE or DELETE of a cached table, whichever
+ *   statement makes it (misses are never cached, so inserts need no eviction);
+ * - other connections' commits change `PRAGMA data_version`, which clears the cache;
+ *   it is read again when the window has passed or when another connection in this
+ *   process has written since.
+ *
+ * Cached rows are frozen: a caller that changed one would change it for everybody.
+ * Callers read through it only outside transactions (a transaction that rolls back
+ * must not leave its rows behind).
+ */
+export class RowCache {
+  readonly #rows = new Map<CachedTable, Map<string, unknown>>(
+    TRIGGERS.map(({ table }) => [table, new Map()]),
+  );
+  readonly #dataVersion: Database.Statement<[], number>;
+  #version: number;
+  #checkedAt = Number.NEGATIVE_INFINITY;
+  #ownProcessWrites = processWrites;
+
+  constructor(db: Database.Database) {
+    db.function(EVICT_FUNCTION, { deterministic: false }, (table: unknown, id: unknown) => {
+      processWrites += 1;
+      this.#rows.get(table as CachedTable)?.delete(String(id));
+      return null;
+    });
+    for (const { table, on, id } of TRIGGERS) {
+      for (const event of ['UPDATE', 'DELETE']) {
+        db.exec(
+          `CREATE TEMP TRIGGER IF NOT EXISTS evict_${on}_${event.toLowerCase()}
+           AFTER ${event} ON main.${on}
+           BEGIN SELECT ${EVICT_FUNCTION}('${table}', OLD.${id}); END`,
+        );
+      }
+    }
+    this.#dataVersion = db.prepare<[], number>('PRAGMA data_version').pluck();
+    this.#version = this.#dataVersion.get() as number;
+  }
+
+  /** The cached row, or `load()`'s (cached when found). */
+  read<T extends object>(table: CachedTable, id: string, load: () => T | undefined): T | null {
+    this.#revalidate();
+    const rows = this.#rows.get(table) as Map<string, T>;
+    const cached = rows.get(id);
+    if (cached) return cached;
+    const row = load();
+    if (!row) return null;
+    if (rows.size >= MAX_ROWS) rows.delete(rows.keys().next().value as string);
+    rows.set(id, deepFreeze(row));
+    return row;
+  }
+
+  #revalidate(): void {
+    const now = performance.now();
+    if (
+      now - this.#checkedAt < CROSS_PROCESS_STALENESS_MS &&
+      processWrites === this.#ownProcessWrites
+    ) {
+      return;
+    }
+    // Counted before the read: an eviction by a sibling after it forces another look.
+    this.#ownProcessWrites = processWrites;
+    const version = this.#dataVersion.get() as number;
+    if (version !== this.#version) {
+      this.#version = version;
+      for (const rows of this.#rows.values()) rows.clear();
+    }
+    this.#checkedAt = now;
+  }
+}
+
+function deepFreeze<T>(value: T): T {
+  if (value !== null && typeof value === 'object' && !Object.isFrozen(value)) {
+    for (const inner of Object.values(value)) deepFreeze(inner);
+    Object.freeze(value);
+  }
+  return value;
+}
