@@ -35,7 +35,20 @@ export function gcra(
   };
 }
 
+/** The last month computed and the instants it spans: every request asks. */
+let month = { period: '', from: 0, until: 0 };
+
 /** The calendar month (UTC) a quota counts against, e.g. `2026-12`. */
 export function quotaPeriod(now: number): string {
-  return new Date(now).toISOString().slice(0, 7);
+  if (now < month.from || now >= month.until) {
+    const date = new Date(now);
+    const year = date.getUTCFullYear();
+    const index = date.getUTCMonth();
+    month = {
+      period: date.toISOString().slice(0, 7),
+      from: Date.UTC(year, index, 1),
+      until: Date.UTC(year, index + 1, 1),
+    };
+  }
+  return month.period;
 }

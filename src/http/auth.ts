@@ -1,4 +1,5 @@
 import type { FastifyReply, FastifyRequest } from 'fastify';
+import type { Logger } from 'pino';
 import type { Caller } from '../core/access.ts';
 import type { Services } from '../services.ts';
 import { rateLimitHeaders } from './errors.ts';
@@ -25,7 +26,11 @@ export function authenticate(services: Services) {
     const caller = await services.access.authenticate(apiKeyFrom(request));
     request.caller = caller;
     rateLimitHeaders(reply, caller.rate);
-    request.log = request.log.child({ tenantId: caller.tenant.tenantId, keyId: caller.key.keyId });
+    // The request's own child logger (Fastify makes one per request): cheaper than a child of it.
+    (request.log as Logger).setBindings({
+      tenantId: caller.tenant.tenantId,
+      keyId: caller.key.keyId,
+    });
   };
 }
 

@@ -9,6 +9,7 @@ import { promisify } from 'node:util';
 import { pino } from 'pino';
 import { buildProgram } from '../../src/cli/program.ts';
 import { loadConfig } from '../../src/config.ts';
+import { buildApp } from '../../src/http/app.ts';
 import { SIMULATE_MODERATION_BLOCKED } from '../../src/providers/simulated/simulated-provider.ts';
 import { createServices } from '../../src/services.ts';
 import { api, eventually, freePort, startGateway, type TestGateway } from '../support/gateway.ts';
@@ -137,6 +138,53 @@ describe('metrics, health and readiness', () => {
       assert.equal((await api(broken.baseUrl, '/healthz')).status, 200, 'alive, not ready');
     } finally {
       await broken.close().catch(() => {});
+    }
+  });
+});
+
+describe('request logs', () => {
+  it("carry the request id and the caller's tenant and key, per request", async () => {
+    const dataDir = await mkdtemp(join(tmpdir(), 'reelpostly-logs-'));
+    const lines: Record<string, unknown>[] = [];
+    const services = createServices(
+      loadConfig({ REELPOSTLY_DATA_DIR: dataDir, REELPOSTLY_DEMO: 'false', LOG_LEVEL: 'info' }),
+      {
+        logger: pino({ level: 'info' }, { write: (line: string) => lines.push(JSON.parse(line)) }),
+      },
+    );
+    const app = await buildApp(services);
+    try {
+      const tenants = await Promise.all(
+        ['a', 'b'].map((name) =>
+          services.accounts.createTenant({ email: `${name}@example.com`, planId: 'starter' }),
+        ),
+      );
+      for (const [index, { apiKey }] of tenants.entries()) {
+        const res = await app.inject({
+          url: '/video/status/video_missing',
+          headers: { 'x-api-key': apiKey.plaintext, 'x-request-id': `trace-${index}` },
+        });
+        assert.equal(res.statusCode, 404);
+      }
+      const anonymous = await app.inject({
+        url: '/video/status/video_missing',
+        headers: { 'x-request-id': 'trace-anonymous' },
+      });
+      assert.equal(anonymous.statusCode, 401);
+      const completed = (reqId: string) =>
+        lines.find((line) => line.reqId === reqId && line.msg === 'request completed');
+      for (const [index, { tenant, apiKey }] of tenants.entries()) {
+        const line = completed(`trace-${index}`);
+        assert.equal(line?.tenantId, tenant.tenantId);
+        assert.equal(line?.keyId, apiKey.key.keyId);
+      }
+      const line = completed('trace-anonymous');
+      assert.ok(line, 'the unauthenticated request is logged');
+      assert.equal(line.tenantId, undefined, 'no bindings leak from earlier requests');
+    } finally {
+      await app.close();
+      await services.close();
+      await rm(dataDir, { recursive: true, force: true });
     }
   });
 });
