@@ -339,6 +339,13 @@ export interface Store
   migrate(): Promise<void>;
   /** Cheap round trip proving the store answers. */
   ping(): Promise<void>;
+  /**
+   * Deletes what no longer counts at `now`: expired idempotency records, rate buckets
+   * that have refilled (an absent bucket limits the same) and quota counters of months
+   * before the previous one. Returns the rows deleted; DynamoDB's TTL does this by
+   * itself, so its store deletes nothing here.
+   */
+  purgeExpired(now: number): Promise<number>;
   close(): Promise<void>;
 }
 

@@ -69,6 +69,9 @@ export async function advanceJobs(
   return due.length;
 }
 
+/** How often a worker deletes expired idempotency records and idle limit rows. */
+const PURGE_EVERY_MS = 10 * 60_000;
+
 /**
  * Runs ticks back to back (no overlap) until stopped. `stop()` lets the jobs under way
  * finish (each step ends by releasing its lease) and starts no others.
@@ -79,6 +82,7 @@ export function startWorker(services: Services): { stop(): Promise<void> } {
   let stopped = false;
   let timer: NodeJS.Timeout | undefined;
   let running: Promise<void> = Promise.resolve();
+  let purgedAt = Number.NEGATIVE_INFINITY;
   const tick = () => {
     running = advanceJobs(services, {
       now: services.clock.now(),
@@ -89,6 +93,14 @@ export function startWorker(services: Services): { stop(): Promise<void> } {
     })
       // Batch completion and webhook deliveries ride the same tick.
       .then(() => runOutbox(services, { now: services.clock.now(), concurrency, batchSize }))
+      .then(async () => {
+        const now = services.clock.now();
+        if (now - purgedAt < PURGE_EVERY_MS) return;
+        purgedAt = now;
+        const deleted = await services.store.purgeExpired(now);
+        if (deleted > 0)
+          services.logger.info({ deleted }, 'purged expired limit and idempotency rows');
+      })
       .then(() => {
         if (!stopped) timer = setTimeout(tick, intervalMs);
       })

@@ -171,6 +171,49 @@ describe('SqliteStore specifics', () => {
     assert.deepEqual(charged, new Set(jobs.items.map((job) => job.jobId)));
   });
 
+  it('purgeExpired deletes expired idempotency records, refilled buckets and old months', async () => {
+    const own = await tempDbPath();
+    const purging = createSqliteStore({ path: own.path });
+    const now = Date.UTC(2026, 11, 4, 12);
+    try {
+      for (let index = 0; index < 1_200; index += 1) {
+        await purging.beginIdempotent(
+          { scope: 't_p', key: `old-${index}` },
+          { requestHash: 'h', now: now - 10_000, ttlMs: 1_000 },
+        );
+      }
+      await purging.beginIdempotent(
+        { scope: 't_p', key: 'live' },
+        { requestHash: 'h', now, ttlMs: 60_000 },
+      );
+      const limits = (period: string) => ({
+        rate: { ratePerSecond: 1, burst: 5 },
+        quota: { period, limit: 10 },
+      });
+      await purging.consumeLimits('idle', limits('2026-10'), now - 60_000);
+      await purging.consumeLimits('busy', limits('2026-11'), now);
+      await purging.consumeLimits('busy', limits('2026-12'), now);
+
+      assert.equal(await purging.purgeExpired(now), 1_200 + 1 + 1);
+      const raw = new Database(own.path, { readonly: true });
+      try {
+        const rows = (sql: string) => raw.prepare(sql).pluck().all();
+        assert.deepEqual(rows('SELECT key FROM idempotency_records'), ['live']);
+        assert.deepEqual(rows('SELECT bucket FROM rate_buckets'), ['busy']);
+        assert.deepEqual(rows('SELECT period FROM quota_counters ORDER BY period'), [
+          '2026-11',
+          '2026-12',
+        ]);
+      } finally {
+        raw.close();
+      }
+      assert.equal(await purging.purgeExpired(now), 0);
+    } finally {
+      await purging.close();
+      await own.remove();
+    }
+  });
+
   describe('row cache (keys, tenants, jobs read on every request)', () => {
     const tenant = (tenantId: string) => ({
       tenantId,

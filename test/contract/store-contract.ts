@@ -738,6 +738,36 @@ export function runStoreContract(name: string, factory: () => Promise<StoreHarne
         assert.deepEqual(raised, { allowed: true, limit: 4, used: 4, remaining: 0 });
       });
 
+      test('purgeExpired keeps every record that still counts', async ({ store }) => {
+        const limits = {
+          rate: { ratePerSecond: 1, burst: 1 },
+          quota: { period: '2026-01', limit: 10 },
+        };
+        assert.equal((await store.consumeLimits('k_live', limits, T0)).rate.allowed, true);
+        const live = { scope: 't_a', key: 'live' };
+        await store.beginIdempotent(live, { requestHash: 'h', now: T0, ttlMs: 60_000 });
+        const response = { statusCode: 200, body: { ok: true } };
+        await store.completeIdempotent(live, response);
+        const stale = { scope: 't_a', key: 'stale' };
+        await store.beginIdempotent(stale, { requestHash: 'h', now: T0 - 120_000, ttlMs: 1_000 });
+
+        assert.ok((await store.purgeExpired(T0 + 500)) >= 0);
+        assert.equal(
+          (await store.consumeLimits('k_live', limits, T0 + 500)).rate.allowed,
+          false,
+          'a bucket still draining keeps limiting',
+        );
+        assert.equal(await store.getQuotaUsage('k_live', '2026-01'), 1);
+        assert.deepEqual(
+          await store.beginIdempotent(live, { requestHash: 'h', now: T0 + 500, ttlMs: 60_000 }),
+          { outcome: 'replay', response },
+        );
+        assert.deepEqual(
+          await store.beginIdempotent(stale, { requestHash: 'other', now: T0 + 500, ttlMs: 1_000 }),
+          { outcome: 'started' },
+        );
+      });
+
       test('a request the quota refuses still uses its rate slot', async ({ store }) => {
         const limits = { rate: { ratePerSecond: 1, burst: 2 }, quota: { period: 'p', limit: 1 } };
         const first = await store.consumeLimits('k_q', limits, T0);

@@ -2,6 +2,7 @@ import assert from 'node:assert/strict';
 import { readdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import Database from 'better-sqlite3';
 import { DEFAULT_CATALOG_PATH } from '../../src/core/catalog.ts';
 import {
   SIMULATE_MODERATION_BLOCKED,
@@ -493,5 +494,43 @@ describe('limits and expiry on an injected clock', () => {
     const expired = await fetch(done.body.url);
     assert.equal(expired.status, 403);
     assert.deepEqual(await expired.json(), { error: 'URL expired' });
+  });
+});
+
+describe('housekeeping by the worker', () => {
+  it('purges expired Idempotency-Key records every 10 minutes, keeping live ones', async () => {
+    const clock = new ManualClock();
+    const gw = await startGateway({ clock, worker: true });
+    const raw = new Database(join(gw.dataDir, 'reelpostly.db'), { readonly: true });
+    try {
+      const keys = () =>
+        raw.prepare('SELECT key FROM idempotency_records ORDER BY key').pluck().all();
+      const { apiKey, tenantId } = await gw.tenant({ credits: 10 });
+      for (const key of ['a', 'b']) {
+        const res = await fetch(`${gw.baseUrl}/video/generate`, {
+          method: 'POST',
+          headers: {
+            'x-api-key': apiKey,
+            'content-type': 'application/json',
+            'idempotency-key': key,
+          },
+          body: JSON.stringify({ prompt: `kept ${key}` }),
+        });
+        assert.equal(res.status, 200);
+      }
+      await gw.services.store.beginIdempotent(
+        { scope: tenantId, key: 'expired' },
+        { requestHash: 'h', now: clock.now() - 60_000, ttlMs: 1_000 },
+      );
+      assert.deepEqual(keys(), ['a', 'b', 'expired']);
+      clock.advance(10 * 60_000);
+      await eventually(async () => !keys().includes('expired'), { timeoutMs: 5_000 });
+      assert.deepEqual(keys(), ['a', 'b'], 'records within their 24 h stay');
+      clock.advance(24 * 60 * 60_000);
+      await eventually(async () => keys().length === 0, { timeoutMs: 5_000 });
+    } finally {
+      raw.close();
+      await gw.close();
+    }
   });
 });

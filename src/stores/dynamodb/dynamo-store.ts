@@ -577,6 +577,11 @@ export class DynamoStore implements Store {
     }
   }
 
+  /** The table's TTL attribute expires these items; nothing to do here. */
+  async purgeExpired(_now: number): Promise<number> {
+    return 0;
+  }
+
   async ping(): Promise<void> {
     await this.#client.send(new DescribeTableCommand({ TableName: this.#tableName }));
   }

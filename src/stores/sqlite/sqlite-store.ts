@@ -2,7 +2,7 @@ import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import Database from 'better-sqlite3';
 import { AppError } from '../../core/errors.ts';
-import { gcra } from '../../core/limits.ts';
+import { gcra, quotaPeriod } from '../../core/limits.ts';
 import {
   type ApiKey,
   type AuditEntry,
@@ -57,6 +57,9 @@ const JOB_COLUMNS = `job_id AS jobId, tenant_id AS tenantId, key_id AS keyId, mo
   remixed_from_job_id AS remixedFromJobId, created_at AS createdAt, updated_at AS updatedAt,
   completed_at AS completedAt, next_check_at AS nextCheckAt, check_failures AS checkFailures,
   lease_owner AS leaseOwner, lease_until AS leaseUntil, version`;
+
+/** Rows deleted per purge transaction. */
+const PURGE_BATCH = 500;
 
 interface PendingLimits {
   bucket: string;
@@ -180,6 +183,28 @@ export class SqliteStore implements Store {
 
   async ping(): Promise<void> {
     this.#sql.ping.get();
+  }
+
+  async purgeExpired(now: number): Promise<number> {
+    const today = new Date(now);
+    // The previous month stays: usage reports may still ask for it.
+    const earliestPeriod = quotaPeriod(
+      Date.UTC(today.getUTCFullYear(), today.getUTCMonth() - 1, 1),
+    );
+    const statements = [
+      () => this.#sql.purgeIdempotency.run({ now, batch: PURGE_BATCH }).changes,
+      () => this.#sql.purgeRateBuckets.run({ now, batch: PURGE_BATCH }).changes,
+      () => this.#sql.purgeQuota.run({ period: earliestPeriod, batch: PURGE_BATCH }).changes,
+    ];
+    let deleted = 0;
+    for (const purge of statements) {
+      // Small transactions: requests waiting for the write lock never wait long.
+      for (let changes = PURGE_BATCH; changes === PURGE_BATCH; ) {
+        changes = this.#atomic(purge);
+        deleted += changes;
+      }
+    }
+    return deleted;
   }
 
   async close(): Promise<void> {
@@ -872,6 +897,18 @@ function prepareStatements(db: Database.Database) {
         'SELECT used FROM quota_counters WHERE bucket = @bucket AND period = @period',
       )
       .pluck(),
+    purgeIdempotency: db.prepare<{ now: number; batch: number }>(
+      `DELETE FROM idempotency_records WHERE (scope, key) IN
+         (SELECT scope, key FROM idempotency_records WHERE expires_at <= @now LIMIT @batch)`,
+    ),
+    purgeRateBuckets: db.prepare<{ now: number; batch: number }>(
+      `DELETE FROM rate_buckets WHERE bucket IN
+         (SELECT bucket FROM rate_buckets WHERE tat <= @now LIMIT @batch)`,
+    ),
+    purgeQuota: db.prepare<{ period: string; batch: number }>(
+      `DELETE FROM quota_counters WHERE (bucket, period) IN
+         (SELECT bucket, period FROM quota_counters WHERE period < @period LIMIT @batch)`,
+    ),
     upsertQuota: db.prepare<{ bucket: string; period: string; used: number }>(
       `INSERT INTO quota_counters (bucket, period, used) VALUES (@bucket, @period, @used)
        ON CONFLICT (bucket, period) DO UPDATE SET used = excluded.used`,
