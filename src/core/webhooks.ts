@@ -422,14 +422,22 @@ export function withWebhookEvents(store: Store, webhooks: WebhookService): Store
     },
   };
   // A Proxy rather than a 40-method delegating class: adapters keep private state
-  // (#db, #doc), so every other method must run bound to the real store.
+  // (#db, #doc), so every other method must run bound to the real store (bound once:
+  // requests reach the store through here several times each).
+  const bound = new Map<PropertyKey, unknown>();
   return new Proxy(store, {
     get(target, property) {
       if (typeof property === 'string' && property in overrides) {
         return overrides[property as keyof Store];
       }
       const value = Reflect.get(target, property, target);
-      return typeof value === 'function' ? value.bind(target) : value;
+      if (typeof value !== 'function') return value;
+      let method = bound.get(property);
+      if (method === undefined) {
+        method = value.bind(target);
+        bound.set(property, method);
+      }
+      return method;
     },
   });
 }
