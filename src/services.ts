@@ -1,7 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { S3Client } from '@aws-sdk/client-s3';
 import { type Logger, pino } from 'pino';
 import { FsBlobStore } from './blobs/fs/fs-blob-store.ts';
 import { createS3BlobStore } from './blobs/s3/s3-blob-store.ts';
@@ -93,7 +92,7 @@ export function createServices(
       createS3BlobStore({
         bucket: config.s3.bucket,
         prefix: config.s3.prefix,
-        client: new S3Client({ forcePathStyle: config.s3.forcePathStyle }),
+        clientConfig: { forcePathStyle: config.s3.forcePathStyle },
       }),
     metrics,
   );

@@ -1,4 +1,4 @@
-import { GetParametersByPathCommand, SSMClient } from '@aws-sdk/client-ssm';
+import type { SSMClient } from '@aws-sdk/client-ssm';
 
 /**
  * Copies every SecureString/String parameter directly under `path` (not below it) into
@@ -12,6 +12,9 @@ export async function loadSsmParameters(options: {
   /** Region, credentials and AWS_ENDPOINT_URL_SSM come from the SDK's own chain. */
   client?: SSMClient;
 }): Promise<string[]> {
+  // Imported here, not at the top: only a Lambda configured with a prefix needs it, and
+  // every other process would pay its memory for nothing.
+  const { GetParametersByPathCommand, SSMClient } = await import('@aws-sdk/client-ssm');
   const client = options.client ?? new SSMClient({});
   const path = options.path.endsWith('/') ? options.path : `${options.path}/`;
   const loaded: string[] = [];

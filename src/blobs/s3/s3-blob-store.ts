@@ -5,24 +5,48 @@
  */
 
 import { pipeline, Readable, Transform } from 'node:stream';
-import {
-  DeleteObjectCommand,
-  GetObjectCommand,
-  type GetObjectCommandOutput,
-  HeadBucketCommand,
-  HeadObjectCommand,
-  S3Client,
-  S3ServiceException,
-} from '@aws-sdk/client-s3';
-import { Upload } from '@aws-sdk/lib-storage';
-import { getSignedUrl } from '@aws-sdk/s3-request-presigner';
+import type { GetObjectCommandOutput, S3Client, S3ClientConfig } from '@aws-sdk/client-s3';
 import { AppError } from '../../core/errors.ts';
 import type { BlobInfo, BlobStore } from '../../core/ports.ts';
 
+/**
+ * The SDK, imported on first use: these packages take ~20 MB of memory loaded on their
+ * own, which a gateway storing on local disk must not pay just because this module is
+ * linked in.
+ */
+async function importSdk() {
+  const [s3, storage, presigner] = await Promise.all([
+    import('@aws-sdk/client-s3'),
+    import('@aws-sdk/lib-storage'),
+    import('@aws-sdk/s3-request-presigner'),
+  ]);
+  return {
+    S3Client: s3.S3Client,
+    S3ServiceException: s3.S3ServiceException,
+    DeleteObjectCommand: s3.DeleteObjectCommand,
+    GetObjectCommand: s3.GetObjectCommand,
+    HeadBucketCommand: s3.HeadBucketCommand,
+    HeadObjectCommand: s3.HeadObjectCommand,
+    Upload: storage.Upload,
+    getSignedUrl: presigner.getSignedUrl,
+  };
+}
+
+type S3Sdk = Awaited<ReturnType<typeof importSdk>>;
+
+let sdkPromise: Promise<S3Sdk> | undefined;
+
+function loadSdk(): Promise<S3Sdk> {
+  sdkPromise ??= importSdk();
+  return sdkPromise;
+}
+
 export interface S3BlobStoreOptions {
   bucket: string;
-  /** Defaults to a client configured from the environment (region, credentials). */
+  /** Defaults to a client made from `clientConfig` and the environment (region, credentials). */
   client?: S3Client;
+  /** Settings of the default client (e.g. `forcePathStyle`); ignored when `client` is given. */
+  clientConfig?: S3ClientConfig;
   /** Folder every key lives under, e.g. `reelpostly/`; a trailing `/` is added if missing. */
   prefix?: string;
   /** Multipart part size; at least 5 MiB (S3's minimum). */
@@ -45,14 +69,15 @@ export function createS3BlobStore(options: S3BlobStoreOptions): S3BlobStore {
 
 export class S3BlobStore implements BlobStore {
   readonly #bucket: string;
-  readonly #client: S3Client;
+  readonly #options: Pick<S3BlobStoreOptions, 'client' | 'clientConfig'>;
   readonly #prefix: string;
   readonly #partSize: number;
   readonly #queueSize: number;
+  #ready: Promise<{ sdk: S3Sdk; client: S3Client }> | undefined;
 
   constructor(options: S3BlobStoreOptions) {
     this.#bucket = options.bucket;
-    this.#client = options.client ?? new S3Client({});
+    this.#options = { client: options.client, clientConfig: options.clientConfig };
     this.#prefix = options.prefix ? `${options.prefix.replace(/\/+$/, '')}/` : '';
     this.#partSize = options.partSizeBytes ?? DEFAULT_PART_SIZE;
     this.#queueSize = options.queueSize ?? DEFAULT_QUEUE_SIZE;
@@ -66,6 +91,15 @@ export class S3BlobStore implements BlobStore {
         param: 'queueSize',
       });
     }
+  }
+
+  /** The SDK and the client, made on first use. */
+  #sdk(): Promise<{ sdk: S3Sdk; client: S3Client }> {
+    this.#ready ??= loadSdk().then((sdk) => ({
+      sdk,
+      client: this.#options.client ?? new sdk.S3Client(this.#options.clientConfig ?? {}),
+    }));
+    return this.#ready;
   }
 
   /**
@@ -84,6 +118,7 @@ export class S3BlobStore implements BlobStore {
     meta: { contentType: string; expectedBytes?: number },
   ): Promise<BlobInfo> {
     const objectKey = this.#keyOf(key);
+    const { sdk, client } = await this.#sdk();
     const { expectedBytes } = meta;
     let bytes = 0;
     let streamError: Error | undefined;
@@ -108,8 +143,8 @@ export class S3BlobStore implements BlobStore {
     counter.on('error', (error) => {
       streamError ??= error;
     });
-    const upload = new Upload({
-      client: this.#client,
+    const upload = new sdk.Upload({
+      client,
       params: {
         Bucket: this.#bucket,
         Key: objectKey,
@@ -136,16 +171,17 @@ export class S3BlobStore implements BlobStore {
 
   async head(key: string): Promise<BlobInfo | null> {
     const objectKey = this.#keyOf(key);
+    const { sdk, client } = await this.#sdk();
     try {
-      const head = await this.#client.send(
-        new HeadObjectCommand({ Bucket: this.#bucket, Key: objectKey }),
+      const head = await client.send(
+        new sdk.HeadObjectCommand({ Bucket: this.#bucket, Key: objectKey }),
       );
       return {
         bytes: head.ContentLength ?? 0,
         contentType: head.ContentType ?? FALLBACK_CONTENT_TYPE,
       };
     } catch (error) {
-      if (isMissing(error)) return null;
+      if (isMissing(sdk, error)) return null;
       throw error;
     }
   }
@@ -158,18 +194,19 @@ export class S3BlobStore implements BlobStore {
     const objectKey = this.#keyOf(key);
     // S3 answers a malformed Range with the whole object, so refuse one here.
     if (range) checkRange(range);
+    const { sdk, client } = await this.#sdk();
     let object: GetObjectCommandOutput;
     try {
-      object = await this.#client.send(
-        new GetObjectCommand({
+      object = await client.send(
+        new sdk.GetObjectCommand({
           Bucket: this.#bucket,
           Key: objectKey,
           Range: range && `bytes=${range.start}-${range.end}`,
         }),
       );
     } catch (error) {
-      if (isMissing(error)) return null;
-      if (error instanceof S3ServiceException && error.name === 'InvalidRange') {
+      if (isMissing(sdk, error)) return null;
+      if (error instanceof sdk.S3ServiceException && error.name === 'InvalidRange') {
         throw new AppError(
           'validation_error',
           `Range ${range?.start}-${range?.end} not satisfiable for ${key}`,
@@ -214,7 +251,8 @@ export class S3BlobStore implements BlobStore {
         param: 'expiresInSeconds',
       });
     }
-    const command = new GetObjectCommand({
+    const { sdk, client } = await this.#sdk();
+    const command = new sdk.GetObjectCommand({
       Bucket: this.#bucket,
       Key: objectKey,
       ResponseContentDisposition:
@@ -222,17 +260,18 @@ export class S3BlobStore implements BlobStore {
     });
     // Rounded up, so a URL never lives shorter than asked (within the cap).
     const expiresIn = Math.min(Math.ceil(options.expiresInSeconds), MAX_SIGNED_URL_SECONDS);
-    return getSignedUrl(this.#client, command, { expiresIn });
+    return sdk.getSignedUrl(client, command, { expiresIn });
   }
 
   async delete(key: string): Promise<void> {
-    await this.#client.send(
-      new DeleteObjectCommand({ Bucket: this.#bucket, Key: this.#keyOf(key) }),
-    );
+    const objectKey = this.#keyOf(key);
+    const { sdk, client } = await this.#sdk();
+    await client.send(new sdk.DeleteObjectCommand({ Bucket: this.#bucket, Key: objectKey }));
   }
 
   async ping(): Promise<void> {
-    await this.#client.send(new HeadBucketCommand({ Bucket: this.#bucket }));
+    const { sdk, client } = await this.#sdk();
+    await client.send(new sdk.HeadBucketCommand({ Bucket: this.#bucket }));
   }
 
   #keyOf(key: string): string {
@@ -277,10 +316,11 @@ async function* take(body: Readable, length: number): AsyncGenerator<Buffer> {
   }
 }
 
-function isMissing(error: unknown): boolean {
+function isMissing(sdk: S3Sdk, error: unknown): boolean {
   // HeadObject has no error body, so a missing key there is a bare 404 `NotFound`.
   return (
-    error instanceof S3ServiceException && (error.name === 'NoSuchKey' || error.name === 'NotFound')
+    error instanceof sdk.S3ServiceException &&
+    (error.name === 'NoSuchKey' || error.name === 'NotFound')
   );
 }
 

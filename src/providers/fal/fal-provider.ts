@@ -41,7 +41,7 @@
 import { createHash, createPublicKey, type KeyObject, verify } from 'node:crypto';
 import { Readable } from 'node:stream';
 import type { ReadableStream as WebReadableStream } from 'node:stream/web';
-import { createFalClient, type FalClient } from '@fal-ai/client';
+import type { FalClient } from '@fal-ai/client';
 import { AppError, ProviderError } from '../../core/errors.ts';
 import type {
   Clock,
@@ -327,6 +327,14 @@ export function createFalProvider(options: FalProviderOptions): FalProvider {
   return new FalProvider(options);
 }
 
+let sdkPromise: Promise<typeof import('@fal-ai/client')> | undefined;
+
+/** The SDK, imported on first use, so a gateway without fal configured never loads it. */
+function loadSdk(): Promise<typeof import('@fal-ai/client')> {
+  sdkPromise ??= import('@fal-ai/client');
+  return sdkPromise;
+}
+
 export class FalProvider implements VideoProvider {
   readonly id = PROVIDER_ID;
   readonly capabilities = { remix: false, inputReference: true, idempotentSubmit: false };
@@ -340,7 +348,7 @@ export class FalProvider implements VideoProvider {
   readonly #jwksCacheMs: number;
   readonly #toleranceS: number;
   readonly #checkEndpointId: string;
-  readonly #client: FalClient;
+  #client: Promise<FalClient> | undefined;
   #jwks: Jwks | null = null;
 
   constructor(options: FalProviderOptions) {
@@ -354,17 +362,24 @@ export class FalProvider implements VideoProvider {
     this.#jwksCacheMs = Math.min(options.jwksCacheMs ?? JWKS_TTL_MS, JWKS_TTL_MS);
     this.#toleranceS = options.webhookToleranceSeconds ?? WEBHOOK_TOLERANCE_S;
     this.#checkEndpointId = options.checkEndpointId ?? 'fal-ai/veo3.1';
+  }
+
+  /** The SDK's queue client, made on first use. */
+  async #queue(): Promise<FalClient['queue']> {
     const baseUrl = this.#baseUrl;
-    this.#client = createFalClient({
-      credentials: options.apiKey,
-      fetch: (input, init) => this.#sdkFetch(input, init),
-      retry: { maxRetries: 0 },
-      // The client only knows queue.fal.run; point it at the configured origin.
-      requestMiddleware: async (request) =>
-        request.url.startsWith(SDK_ORIGIN)
-          ? { ...request, url: baseUrl + request.url.slice(SDK_ORIGIN.length) }
-          : request,
-    });
+    this.#client ??= loadSdk().then(({ createFalClient }) =>
+      createFalClient({
+        credentials: this.#apiKey,
+        fetch: (input, init) => this.#sdkFetch(input, init),
+        retry: { maxRetries: 0 },
+        // The client only knows queue.fal.run; point it at the configured origin.
+        requestMiddleware: async (request) =>
+          request.url.startsWith(SDK_ORIGIN)
+            ? { ...request, url: baseUrl + request.url.slice(SDK_ORIGIN.length) }
+            : request,
+      }),
+    );
+    return (await this.#client).queue;
   }
 
   checkParams(params: RouteParams): void {
@@ -425,7 +440,8 @@ export class FalProvider implements VideoProvider {
 
   async status(providerJobId: string): Promise<ProviderJobStatus> {
     const { endpointId, requestId } = parseJobId(providerJobId);
-    const status: unknown = await this.#client.queue.status(endpointId, { requestId, logs: false });
+    const queue = await this.#queue();
+    const status: unknown = await queue.status(endpointId, { requestId, logs: false });
     const word = isRecord(status) && typeof status.status === 'string' ? status.status : '';
     switch (word) {
       case 'IN_QUEUE':
@@ -470,9 +486,10 @@ export class FalProvider implements VideoProvider {
     // fal's video models return the video file only.
     if (variant !== 'video') return null;
     const { endpointId, requestId } = parseJobId(providerJobId);
+    const queue = await this.#queue();
     let output: unknown;
     try {
-      ({ data: output } = await this.#client.queue.result(endpointId, { requestId }));
+      ({ data: output } = await queue.result(endpointId, { requestId }));
     } catch (error) {
       if (error instanceof FalHttpError && jobErrorOf(error.body, error.errorType)) {
         throw new ProviderError(PROVIDER_ID, `fal request ${requestId} failed; it has no video`, {
@@ -496,8 +513,9 @@ export class FalProvider implements VideoProvider {
 
   async cancel(providerJobId: string): Promise<void> {
     const { endpointId, requestId } = parseJobId(providerJobId);
+    const queue = await this.#queue();
     try {
-      await this.#client.queue.cancel(endpointId, { requestId });
+      await queue.cancel(endpointId, { requestId });
     } catch (error) {
       // 400 ALREADY_COMPLETED: nothing left to stop.
       const done =
@@ -562,7 +580,8 @@ export class FalProvider implements VideoProvider {
 
   async check(): Promise<{ reachable: boolean; authenticated: boolean; detail: string }> {
     try {
-      await this.#client.queue.status(this.#checkEndpointId, {
+      const queue = await this.#queue();
+      await queue.status(this.#checkEndpointId, {
         requestId: PROBE_REQUEST_ID,
         logs: false,
       });
@@ -593,8 +612,9 @@ export class FalProvider implements VideoProvider {
 
   /** The job's own failure, when a COMPLETED request's result is an error answer. */
   async #resultFailure(endpointId: string, requestId: string): Promise<JobError | undefined> {
+    const queue = await this.#queue();
     try {
-      await this.#client.queue.result(endpointId, { requestId });
+      await queue.result(endpointId, { requestId });
       return undefined;
     } catch (error) {
       const failure =

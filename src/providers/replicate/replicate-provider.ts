@@ -22,7 +22,7 @@
 import { timingSafeEqual } from 'node:crypto';
 import { Readable } from 'node:stream';
 import type { ReadableStream as WebReadableStream } from 'node:stream/web';
-import Replicate, { type Prediction } from 'replicate';
+import type { Prediction, default as Replicate } from 'replicate';
 import { Webhook } from 'standardwebhooks';
 import { AppError, ProviderError } from '../../core/errors.ts';
 import type {
@@ -133,6 +133,14 @@ export interface ReplicateProviderOptions {
 
 export function createReplicateProvider(options: ReplicateProviderOptions): ReplicateProvider {
   return new ReplicateProvider(options);
+}
+
+let sdkPromise: Promise<typeof import('replicate')> | undefined;
+
+/** The SDK, imported on first use, so a gateway without Replicate configured never loads it. */
+function loadSdk(): Promise<typeof import('replicate')> {
+  sdkPromise ??= import('replicate');
+  return sdkPromise;
 }
 
 export class ReplicateProvider implements VideoProvider {
@@ -391,9 +399,10 @@ export class ReplicateProvider implements VideoProvider {
     what: string,
     run: (client: Replicate, signal: AbortSignal) => Promise<T>,
   ): Promise<T> {
+    const { default: ReplicateClient } = await loadSdk();
     const real = this.#fetch;
     let first: Promise<Response> | undefined;
-    const client = new Replicate({
+    const client = new ReplicateClient({
       auth: this.#apiKey,
       baseUrl: this.#baseUrl,
       userAgent: 'reelpostly',

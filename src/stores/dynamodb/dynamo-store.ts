@@ -76,25 +76,8 @@
  * retries and each entry's balanceAfter is exact. The entry-id item makes posts
  * idempotent across tenants and processes.
  */
-import {
-  CreateTableCommand,
-  DescribeTableCommand,
-  DescribeTimeToLiveCommand,
-  DynamoDBClient,
-  UpdateTimeToLiveCommand,
-  waitUntilTableExists,
-} from '@aws-sdk/client-dynamodb';
-import {
-  DeleteCommand,
-  DynamoDBDocumentClient,
-  GetCommand,
-  PutCommand,
-  QueryCommand,
-  type QueryCommandInput,
-  TransactWriteCommand,
-  type TransactWriteCommandInput,
-  UpdateCommand,
-} from '@aws-sdk/lib-dynamodb';
+import type { DynamoDBClient } from '@aws-sdk/client-dynamodb';
+import type { QueryCommandInput, TransactWriteCommandInput } from '@aws-sdk/lib-dynamodb';
 import { AppError } from '../../core/errors.ts';
 import { gcra } from '../../core/limits.ts';
 import {
@@ -125,6 +108,20 @@ import {
   type Tenant,
   type WebhookEndpoint,
 } from '../../core/ports.ts';
+import {
+  CreateTableCommand,
+  DeleteCommand,
+  DescribeTableCommand,
+  DescribeTimeToLiveCommand,
+  DynamoConnection,
+  GetCommand,
+  loadDynamoSdk,
+  PutCommand,
+  QueryCommand,
+  TransactWriteCommand,
+  UpdateCommand,
+  UpdateTimeToLiveCommand,
+} from './lazy-sdk.ts';
 import { INDEX, TTL_ATTRIBUTE, tableDefinition } from './table-definition.ts';
 
 type Item = Record<string, unknown>;
@@ -496,7 +493,8 @@ function regionWithFallback(): () => Promise<string> {
   let resolved: Promise<string> | undefined;
   return () => {
     resolved ??= (async () => {
-      const probe = new DynamoDBClient({});
+      const { client } = await loadDynamoSdk();
+      const probe = new client.DynamoDBClient({});
       try {
         return await probe.config.region();
       } catch {
@@ -521,18 +519,21 @@ interface BalanceState {
  */
 export class DynamoStore implements Store {
   readonly #tableName: string;
-  readonly #client: DynamoDBClient;
-  readonly #doc: DynamoDBDocumentClient;
-  readonly #ownsClient: boolean;
+  /** The SDK clients, made (and the SDK loaded) when the first command is sent. */
+  readonly #connection: DynamoConnection;
+  readonly #client: DynamoConnection['client'];
+  readonly #doc: DynamoConnection['doc'];
   readonly #turns = new Map<string, Promise<void>>();
 
   constructor(options: { tableName: string; client?: DynamoDBClient }) {
     this.#tableName = options.tableName;
-    this.#ownsClient = options.client === undefined;
-    this.#client = options.client ?? new DynamoDBClient({ region: regionWithFallback() });
-    this.#doc = DynamoDBDocumentClient.from(this.#client, {
-      marshallOptions: { removeUndefinedValues: true },
+    this.#connection = new DynamoConnection({
+      ...(options.client ? { client: options.client } : {}),
+      config: { region: regionWithFallback() },
+      translate: { marshallOptions: { removeUndefinedValues: true } },
     });
+    this.#client = this.#connection.client;
+    this.#doc = this.#connection.doc;
   }
 
   // -------------------------------------------------------------- lifecycle
@@ -547,8 +548,9 @@ export class DynamoStore implements Store {
         if (!isNamed(error, 'ResourceInUseException')) throw error;
       }
     }
-    await waitUntilTableExists(
-      { client: this.#client, maxWaitTime: 600, minDelay: 1, maxDelay: 10 },
+    const { sdk, client } = await this.#connection.connect();
+    await sdk.client.waitUntilTableExists(
+      { client, maxWaitTime: 600, minDelay: 1, maxDelay: 10 },
       { TableName },
     );
     const { TimeToLiveDescription: ttl } = await this.#client.send(
@@ -587,7 +589,7 @@ export class DynamoStore implements Store {
   }
 
   async close(): Promise<void> {
-    if (this.#ownsClient) this.#client.destroy();
+    await this.#connection.close();
   }
 
   // -------------------------------------------------------------- tenants
