@@ -162,8 +162,31 @@ describe('FsBlobStore signed URLs', () => {
       assert.equal(key, 'videos/t1/v.mp4');
       assert.equal(query.filename, 'my video.mp4');
       assert.match(query.signature ?? '', /^[A-Za-z0-9_-]{43}$/);
-      // Rounded up, never shorter than asked.
-      assert.equal(Number(query.expires), Math.ceil(clock.nowMs / 1000) + 3600);
+      // Rounded up to the minute (an hour or longer), never shorter than asked.
+      const asked = clock.nowMs / 1000 + 3600;
+      assert.equal(Number(query.expires), Math.ceil(asked / 60) * 60);
+    } finally {
+      await cleanup();
+    }
+  });
+
+  it('hands out the same long-lived URL for a minute, a new one after', async () => {
+    const { clock, blobs, cleanup } = await tempStore();
+    try {
+      const sign = () => blobs.signedUrl('v/a.mp4', { expiresInSeconds: 7 * 24 * 3600 });
+      clock.nowMs = Date.UTC(2026, 11, 4, 12, 0, 0, 500);
+      const first = await sign();
+      clock.nowMs += 59_000;
+      assert.equal(await sign(), first);
+      clock.nowMs += 1_000;
+      const next = await sign();
+      assert.notEqual(next, first);
+      const { key, query } = parseSigned(next);
+      assert.equal(blobs.verifySignature(key, query), 'ok');
+      assert.equal(Number(query.expires), Date.UTC(2026, 11, 11, 12, 2) / 1000);
+      // Short lifetimes keep to the second.
+      const short = parseSigned(await blobs.signedUrl('v/a.mp4', { expiresInSeconds: 30 }));
+      assert.equal(Number(short.query.expires), Math.ceil(clock.nowMs / 1000) + 30);
     } finally {
       await cleanup();
     }

@@ -47,11 +47,15 @@ export function createFsBlobStore(options: FsBlobStoreOptions): FsBlobStore {
   return new FsBlobStore(options);
 }
 
+const MAX_REMEMBERED_SIGNATURES = 4096;
+
 export class FsBlobStore implements BlobStore {
   readonly #dir: string;
   readonly #publicBaseUrl: string;
   readonly #secret: string | Buffer;
   readonly #clock: Clock;
+  /** Recent signatures by signed material: a job polled within a minute signs once. */
+  #signatures = new Map<string, string>();
 
   constructor(options: FsBlobStoreOptions) {
     if (options.secret.length === 0) {
@@ -162,11 +166,16 @@ export class FsBlobStore implements BlobStore {
         param: 'expiresInSeconds',
       });
     }
-    // Rounded up, so a URL never lives shorter than asked.
-    const expires = String(Math.ceil(this.#clock.now() / 1000 + options.expiresInSeconds));
+    // Rounded up, so a URL never lives shorter than asked; to the minute for long-lived
+    // URLs, so a client polling a job gets the same URL (and its cached video) for a
+    // minute instead of a new one each second.
+    const step = options.expiresInSeconds >= 3600 ? 60 : 1;
+    const expires = String(
+      Math.ceil((this.#clock.now() / 1000 + options.expiresInSeconds) / step) * step,
+    );
     const query = new URLSearchParams({
       expires,
-      signature: this.#sign(key, expires, options.filename),
+      signature: this.#signRemembered(key, expires, options.filename),
     });
     if (options.filename !== undefined) query.set('filename', options.filename);
     return `${this.#publicBaseUrl}/files/${key}?${query}`;
@@ -209,11 +218,27 @@ export class FsBlobStore implements BlobStore {
   }
 
   #sign(key: string, expires: string, filename: string | undefined): string {
-    // Keys and expiry cannot contain a newline, so this encoding is unambiguous.
-    const material =
-      filename === undefined ? `${key}\n${expires}` : `${key}\n${expires}\n${filename}`;
-    return createHmac('sha256', this.#secret).update(material).digest('base64url');
+    return createHmac('sha256', this.#secret)
+      .update(material(key, expires, filename))
+      .digest('base64url');
   }
+
+  /** {@link #sign} for URLs we hand out (never for ones presented to us: no flooding). */
+  #signRemembered(key: string, expires: string, filename: string | undefined): string {
+    const signed = material(key, expires, filename);
+    let signature = this.#signatures.get(signed);
+    if (signature === undefined) {
+      signature = createHmac('sha256', this.#secret).update(signed).digest('base64url');
+      if (this.#signatures.size >= MAX_REMEMBERED_SIGNATURES) this.#signatures = new Map();
+      this.#signatures.set(signed, signature);
+    }
+    return signature;
+  }
+}
+
+/** Keys and expiry cannot contain a newline, so this encoding is unambiguous. */
+function material(key: string, expires: string, filename: string | undefined): string {
+  return filename === undefined ? `${key}\n${expires}` : `${key}\n${expires}\n${filename}`;
 }
 
 function checkKey(key: string): void {
