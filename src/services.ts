@@ -78,6 +78,10 @@ export function createServices(
       : createSqliteStore({ path: config.sqlitePath }),
     metrics,
   );
+  metrics.countJobsWith(
+    () => store.countUnfinishedJobs(),
+    (error) => logger.warn({ err: error }, 'counting jobs for /metrics failed'),
+  );
   const fileServer =
     config.blobs === 'fs'
       ? new FsBlobStore({

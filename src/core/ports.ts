@@ -190,6 +190,8 @@ export type JobPatch = Partial<
   >
 >;
 
+export type UnfinishedJobs = Record<'queued' | 'in_progress', number>;
+
 export interface JobStore {
   /**
    * Inserts the job and posts its charge in ONE atomic step. Throws AppError
@@ -225,6 +227,11 @@ export interface JobStore {
   ): Promise<Job | null>;
   /** Unfinished jobs whose nextCheckAt <= now, soonest first. */
   listDueJobs(options: { now: number; limit: number }): Promise<Job[]>;
+  /**
+   * How many jobs are unfinished right now, by state, across every process (read from
+   * the due-jobs index: cost grows with unfinished jobs, not with history).
+   */
+  countUnfinishedJobs(): Promise<UnfinishedJobs>;
   /**
    * Removes the job record iff its stored version equals `expectVersion` (else AppError
    * `version_conflict`); AppError `not_found` when there is none. Its ledger entries

@@ -1,4 +1,5 @@
 import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client';
+import type { UnfinishedJobs } from '../core/ports.ts';
 
 /** Request and upstream latencies span a cached status read (~1 ms) to a slow upstream. */
 const LATENCY_BUCKETS = [
@@ -108,6 +109,26 @@ export class Metrics {
       },
     });
     collectDefaultMetrics({ register: this.registry, prefix: 'reelpostly_' });
+  }
+
+  /**
+   * Reports `reelpostly_jobs{state}`, read from `count` at each scrape: the store's
+   * figure, the same whichever instance is scraped. A failed read keeps the last values.
+   */
+  countJobsWith(count: () => Promise<UnfinishedJobs>, onError: (error: unknown) => void): void {
+    new Gauge({
+      name: 'reelpostly_jobs',
+      help: 'Unfinished jobs in the store by state (queued, in_progress), all processes',
+      labelNames: ['state'] as const,
+      registers: [this.registry],
+      async collect() {
+        try {
+          for (const [state, jobs] of Object.entries(await count())) this.set({ state }, jobs);
+        } catch (error) {
+          onError(error);
+        }
+      },
+    });
   }
 
   /** The text exposition format Prometheus scrapes. */

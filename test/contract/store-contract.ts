@@ -634,6 +634,30 @@ export function runStoreContract(name: string, factory: () => Promise<StoreHarne
         assert.deepEqual(await store.listDueJobs({ now: T0 + 99, limit: 10 }), []);
       });
 
+      test('countUnfinishedJobs counts queued and in-progress jobs by state', async ({ store }) => {
+        assert.deepEqual(await store.countUnfinishedJobs(), { queued: 0, in_progress: 0 });
+        await store.createTenant(makeTenant('t_a'));
+        await store.post(makeEntry('ga', 't_a', 100));
+        const jobs = [
+          ...Array.from({ length: 7 }, (_, index) =>
+            makeJob(`video_q${index}`, 't_a', { nextCheckAt: T0 + index * 1_000_000 }),
+          ),
+          makeJob('video_p1', 't_a', { state: 'in_progress' }),
+          makeJob('video_p2', 't_a', { state: 'in_progress', nextCheckAt: T0 - 5 }),
+          makeJob('video_done', 't_a', { nextCheckAt: null, state: 'completed' }),
+          makeJob('video_dead', 't_a', { nextCheckAt: null, state: 'failed' }),
+        ];
+        for (const job of jobs) await store.createJob(job, chargeFor(job));
+        assert.deepEqual(await store.countUnfinishedJobs(), { queued: 7, in_progress: 2 });
+        await store.updateJob(
+          'video_p1',
+          { state: 'completed', nextCheckAt: null },
+          { expectVersion: 1 },
+        );
+        await store.updateJob('video_q0', { state: 'in_progress' }, { expectVersion: 1 });
+        assert.deepEqual(await store.countUnfinishedJobs(), { queued: 6, in_progress: 2 });
+      });
+
       test('deleteJob removes the job at the expected version and keeps its ledger', async ({
         store,
       }) => {

@@ -12,7 +12,14 @@ import { loadConfig } from '../../src/config.ts';
 import { buildApp } from '../../src/http/app.ts';
 import { SIMULATE_MODERATION_BLOCKED } from '../../src/providers/simulated/simulated-provider.ts';
 import { createServices } from '../../src/services.ts';
-import { api, eventually, freePort, startGateway, type TestGateway } from '../support/gateway.ts';
+import {
+  api,
+  eventually,
+  freePort,
+  ManualClock,
+  startGateway,
+  type TestGateway,
+} from '../support/gateway.ts';
 
 const ROOT = new URL('../../', import.meta.url).pathname;
 const BIN = join(ROOT, 'bin', 'reelpostly.js');
@@ -138,6 +145,33 @@ describe('metrics, health and readiness', () => {
       assert.equal((await api(broken.baseUrl, '/healthz')).status, 200, 'alive, not ready');
     } finally {
       await broken.close().catch(() => {});
+    }
+  });
+});
+
+describe('jobs by state', () => {
+  it('reports the store-wide count of unfinished jobs at each scrape', async () => {
+    // A manual clock and no worker: jobs stay where generate leaves them.
+    const gw = await startGateway({ clock: new ManualClock() });
+    try {
+      const before = await metricsText(gw.baseUrl);
+      assert.equal(sample(before, 'reelpostly_jobs', { state: 'queued' }), 0);
+      assert.equal(sample(before, 'reelpostly_jobs', { state: 'in_progress' }), 0);
+      const t = await gw.tenant({ credits: 10 });
+      for (let index = 0; index < 3; index += 1) {
+        const res = await api(gw.baseUrl, '/video/generate', {
+          key: t.apiKey,
+          body: { prompt: `scene ${index}` },
+        });
+        assert.equal(res.status, 200);
+      }
+      const after = await metricsText(gw.baseUrl);
+      const unfinished =
+        sample(after, 'reelpostly_jobs', { state: 'queued' }) +
+        sample(after, 'reelpostly_jobs', { state: 'in_progress' });
+      assert.equal(unfinished, 3);
+    } finally {
+      await gw.close();
     }
   });
 });

@@ -57,7 +57,8 @@
  *   getJob Get   listJobs Query GSI1/GSI2 (cursor: Get the cursor job for its sort key)
  *   updateJob    Put job on version (+ the post items in the same transaction)
  *   claimJob     conditional Update   deleteJob conditional Delete
- *   listDueJobs  Query GSI3 per shard, merge
+ *   listDueJobs  Query GSI3 per shard, merge   countUnfinishedJobs Query GSI3 per shard
+ *                (state only), every page
  *   consumeLimits  rate: Get bucket, gcra(), Put on the TAT read; then quota: conditional ADD
  *   idempotency  conditional Put / Update / Delete, Get to explain a refused Put
  *   endpoints    create Transact{check tenant, Put}  list Query GSI1 WEBHOOKS#t  update Put
@@ -106,6 +107,7 @@ import {
   type Store,
   type StoredResponse,
   type Tenant,
+  type UnfinishedJobs,
   type WebhookEndpoint,
 } from '../../core/ports.ts';
 import {
@@ -1123,6 +1125,34 @@ export class DynamoStore implements Store {
       })
       .slice(0, options.limit)
       .map((item) => pick<Job>(item, JOB_FIELDS));
+  }
+
+  async countUnfinishedJobs(): Promise<UnfinishedJobs> {
+    const counts: UnfinishedJobs = { queued: 0, in_progress: 0 };
+    await Promise.all(
+      Array.from({ length: DUE_SHARDS }, async (_, shard) => {
+        let start: Item | undefined;
+        do {
+          const page = await this.#doc.send(
+            new QueryCommand({
+              TableName: this.#tableName,
+              IndexName: INDEX.due,
+              KeyConditionExpression: 'GSI3PK = :pk',
+              ExpressionAttributeValues: { ':pk': `DUE#${shard}` },
+              ProjectionExpression: '#state',
+              ExpressionAttributeNames: aliases('state'),
+              ...(start ? { ExclusiveStartKey: start } : {}),
+            }),
+          );
+          for (const item of page.Items ?? []) {
+            const state: unknown = item.state;
+            if (state === 'queued' || state === 'in_progress') counts[state] += 1;
+          }
+          start = page.LastEvaluatedKey;
+        } while (start);
+      }),
+    );
+    return counts;
   }
 
   async deleteJob(jobId: string, options: { expectVersion: number }): Promise<void> {

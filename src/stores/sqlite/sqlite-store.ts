@@ -26,6 +26,7 @@ import {
   type Store,
   type StoredResponse,
   type Tenant,
+  type UnfinishedJobs,
   type WebhookEndpoint,
 } from '../../core/ports.ts';
 import { applyMigrations } from './migrations.ts';
@@ -439,6 +440,12 @@ export class SqliteStore implements Store {
   async listDueJobs(options: { now: number; limit: number }): Promise<Job[]> {
     checkLimit(options.limit);
     return this.#sql.listDueJobs.all(options).map(toJob);
+  }
+
+  async countUnfinishedJobs(): Promise<UnfinishedJobs> {
+    const counts: UnfinishedJobs = { queued: 0, in_progress: 0 };
+    for (const { state, jobs } of this.#sql.countUnfinishedJobs.all()) counts[state] = jobs;
+    return counts;
   }
 
   async deleteJob(jobId: string, options: { expectVersion: number }): Promise<void> {
@@ -878,6 +885,13 @@ function prepareStatements(db: Database.Database) {
        RETURNING ${JOB_COLUMNS}`,
     ),
     deleteJob: db.prepare<{ jobId: string }>('DELETE FROM jobs WHERE job_id = @jobId'),
+    // `next_check_at IS NOT NULL` lets the partial index jobs_due answer: every
+    // unfinished job has a next check.
+    countUnfinishedJobs: db.prepare<[], { state: keyof UnfinishedJobs; jobs: number }>(
+      `SELECT state, count(*) AS jobs FROM jobs
+       WHERE next_check_at IS NOT NULL AND state IN ('queued', 'in_progress')
+       GROUP BY state`,
+    ),
     listDueJobs: db.prepare<{ now: number; limit: number }, JobRow>(
       `SELECT ${JOB_COLUMNS} FROM jobs
        WHERE next_check_at IS NOT NULL AND next_check_at <= @now
