@@ -23,6 +23,8 @@ export interface Config {
   };
   /** HMAC secret of signed file URLs; generated into the data dir when unset. */
   signingSecret: string | null;
+  /** When set, `GET /metrics` answers only `Authorization: Bearer <token>`. */
+  metricsToken: string | null;
   catalogPath: string;
   simulatedSeconds: number;
   /** Sample files the simulated provider serves; null means the repository's `assets/`. */
@@ -197,6 +199,7 @@ export function loadConfig(env: Env = process.env): Config {
       forcePathStyle: bool(env, 'REELPOSTLY_S3_FORCE_PATH_STYLE', false),
     },
     signingSecret: env.REELPOSTLY_SIGNING_SECRET || null,
+    metricsToken: env.REELPOSTLY_METRICS_TOKEN || null,
     catalogPath: resolve(env.REELPOSTLY_CATALOG || DEFAULT_CATALOG_PATH),
     simulatedSeconds: int(env, 'REELPOSTLY_SIMULATED_SECONDS', 8),
     assetsDir: env.REELPOSTLY_ASSETS_DIR ? resolve(env.REELPOSTLY_ASSETS_DIR) : null,

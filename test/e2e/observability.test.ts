@@ -149,6 +149,29 @@ describe('metrics, health and readiness', () => {
   });
 });
 
+describe('metrics behind a token', () => {
+  it('answers /metrics only with the bearer token; health stays open', async () => {
+    const gw = await startGateway({ env: { REELPOSTLY_METRICS_TOKEN: 'scrape-s3cret' } });
+    try {
+      const scrape = (authorization?: string) =>
+        fetch(`${gw.baseUrl}/metrics`, authorization ? { headers: { authorization } } : {});
+      for (const authorization of [undefined, 'Bearer wrong', 'scrape-s3cret', 'Bearer ']) {
+        const refused = await scrape(authorization);
+        assert.equal(refused.status, 401, String(authorization));
+        assert.match(refused.headers.get('www-authenticate') ?? '', /^Bearer/);
+        assert.deepEqual(await refused.json(), { error: 'Missing or invalid metrics token' });
+      }
+      const ok = await scrape('Bearer scrape-s3cret');
+      assert.equal(ok.status, 200);
+      assert.match(await ok.text(), /reelpostly_http_request_duration_seconds/);
+      assert.equal((await fetch(`${gw.baseUrl}/healthz`)).status, 200);
+      assert.equal((await fetch(`${gw.baseUrl}/readyz`)).status, 200);
+    } finally {
+      await gw.close();
+    }
+  });
+});
+
 describe('jobs by state', () => {
   it('reports the store-wide count of unfinished jobs at each scrape', async () => {
     // A manual clock and no worker: jobs stay where generate leaves them.

@@ -1,3 +1,4 @@
+import { createHash, timingSafeEqual } from 'node:crypto';
 import type { FastifyInstance } from 'fastify';
 import type { Services } from '../../services.ts';
 
@@ -29,8 +30,16 @@ async function check(
   }
 }
 
+/** Compares digests, so the time taken says nothing about the token. */
+function bearerMatches(header: string | undefined, token: string): boolean {
+  const given = /^Bearer\s+(.+)$/i.exec(header ?? '')?.[1]?.trim() ?? '';
+  const digest = (value: string) => createHash('sha256').update(value).digest();
+  return timingSafeEqual(digest(given), digest(token));
+}
+
 /**
- * Operator endpoints: liveness, readiness, Prometheus metrics. No key, no rate limit
+ * Operator endpoints: liveness, readiness, Prometheus metrics (behind the operators'
+ * bearer token when one is configured). No API key, no rate limit
  * (they sit outside the authenticated plugins) and hidden from the OpenAPI document,
  * which describes the tenant API. Bodies name which dependency failed, never why.
  */
@@ -49,7 +58,14 @@ export function opsRoutes(services: Services) {
         .send({ status: ready ? 'ok' : 'unavailable', checks: { store, blobs } });
     });
 
-    app.get('/metrics', { schema: { hide: true } }, async (_request, reply) => {
+    const token = services.config.metricsToken;
+    app.get('/metrics', { schema: { hide: true } }, async (request, reply) => {
+      if (token !== null && !bearerMatches(request.headers.authorization, token)) {
+        return reply
+          .code(401)
+          .header('www-authenticate', 'Bearer realm="metrics"')
+          .send({ error: 'Missing or invalid metrics token' });
+      }
       const { contentType, body } = await services.metrics.exposition();
       return reply.type(contentType).send(body);
     });
