@@ -7,6 +7,7 @@
 import { pipeline, Readable, Transform } from 'node:stream';
 import type { GetObjectCommandOutput, S3Client, S3ClientConfig } from '@aws-sdk/client-s3';
 import { AppError } from '../../core/errors.ts';
+import { lazily } from '../../core/lazily.ts';
 import type { BlobInfo, BlobStore } from '../../core/ports.ts';
 
 /**
@@ -34,12 +35,7 @@ async function importSdk() {
 
 type S3Sdk = Awaited<ReturnType<typeof importSdk>>;
 
-let sdkPromise: Promise<S3Sdk> | undefined;
-
-function loadSdk(): Promise<S3Sdk> {
-  sdkPromise ??= importSdk();
-  return sdkPromise;
-}
+const loadSdk = lazily(importSdk);
 
 export interface S3BlobStoreOptions {
   bucket: string;

@@ -43,6 +43,7 @@ import { Readable } from 'node:stream';
 import type { ReadableStream as WebReadableStream } from 'node:stream/web';
 import type { FalClient } from '@fal-ai/client';
 import { AppError, ProviderError } from '../../core/errors.ts';
+import { lazily } from '../../core/lazily.ts';
 import type {
   Clock,
   JobError,
@@ -327,13 +328,8 @@ export function createFalProvider(options: FalProviderOptions): FalProvider {
   return new FalProvider(options);
 }
 
-let sdkPromise: Promise<typeof import('@fal-ai/client')> | undefined;
-
 /** The SDK, imported on first use, so a gateway without fal configured never loads it. */
-function loadSdk(): Promise<typeof import('@fal-ai/client')> {
-  sdkPromise ??= import('@fal-ai/client');
-  return sdkPromise;
-}
+const loadSdk = lazily(() => import('@fal-ai/client'));
 
 export class FalProvider implements VideoProvider {
   readonly id = PROVIDER_ID;

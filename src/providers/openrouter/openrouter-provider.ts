@@ -20,6 +20,7 @@ import type { VideoGenerationRequest } from '@openrouter/sdk/models';
 import type { APICall, APIPromise } from '@openrouter/sdk/types/async.js';
 import type { Result } from '@openrouter/sdk/types/fp.js';
 import { AppError, ProviderError } from '../../core/errors.ts';
+import { lazily } from '../../core/lazily.ts';
 import type {
   Clock,
   InputReference,
@@ -103,12 +104,7 @@ async function importSdk() {
 
 type OpenRouterSdk = Awaited<ReturnType<typeof importSdk>>;
 
-let sdkPromise: Promise<OpenRouterSdk> | undefined;
-
-function loadSdk(): Promise<OpenRouterSdk> {
-  sdkPromise ??= importSdk();
-  return sdkPromise;
-}
+const loadSdk = lazily(importSdk);
 
 export interface OpenRouterProviderOptions {
   apiKey: string;

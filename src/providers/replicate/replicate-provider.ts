@@ -25,6 +25,7 @@ import type { ReadableStream as WebReadableStream } from 'node:stream/web';
 import type { Prediction, default as Replicate } from 'replicate';
 import { Webhook } from 'standardwebhooks';
 import { AppError, ProviderError } from '../../core/errors.ts';
+import { lazily } from '../../core/lazily.ts';
 import type {
   Clock,
   JobError,
@@ -135,13 +136,8 @@ export function createReplicateProvider(options: ReplicateProviderOptions): Repl
   return new ReplicateProvider(options);
 }
 
-let sdkPromise: Promise<typeof import('replicate')> | undefined;
-
 /** The SDK, imported on first use, so a gateway without Replicate configured never loads it. */
-function loadSdk(): Promise<typeof import('replicate')> {
-  sdkPromise ??= import('replicate');
-  return sdkPromise;
-}
+const loadSdk = lazily(() => import('replicate'));
 
 export class ReplicateProvider implements VideoProvider {
   readonly id = PROVIDER_ID;

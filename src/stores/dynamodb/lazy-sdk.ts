@@ -35,6 +35,7 @@ import type {
   UpdateCommandInput,
   UpdateCommandOutput,
 } from '@aws-sdk/lib-dynamodb';
+import { lazily } from '../../core/lazily.ts';
 
 async function importSdk() {
   const [client, lib] = await Promise.all([
@@ -46,12 +47,7 @@ async function importSdk() {
 
 export type DynamoSdk = Awaited<ReturnType<typeof importSdk>>;
 
-let sdkPromise: Promise<DynamoSdk> | undefined;
-
-export function loadDynamoSdk(): Promise<DynamoSdk> {
-  sdkPromise ??= importSdk();
-  return sdkPromise;
-}
+export const loadDynamoSdk = lazily(importSdk);
 
 /** A command's input, and how to make the SDK's command of it; `send` resolves to `Output`. */
 abstract class LazyCommand<Input, Output> {
