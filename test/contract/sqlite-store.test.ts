@@ -214,6 +214,34 @@ describe('SqliteStore specifics', () => {
     }
   });
 
+  it('decides a turn of mixed limit requests exactly as one at a time', async () => {
+    // Interleaved buckets, periods and plans, some refused by the rate, some by the quota.
+    const requests = Array.from({ length: 120 }, (_, index) => ({
+      bucket: `k${index % 3}`,
+      limits: {
+        rate: { ratePerSecond: 10, burst: 5 + (index % 3) * 10 },
+        quota: { period: index % 5 === 0 ? '2026-11' : '2026-12', limit: 18 },
+      },
+      now: 1_000_000 + index * 7,
+    }));
+    const run = (prefix: string, request: (typeof requests)[number]) =>
+      store.consumeLimits(`${prefix}${request.bucket}`, request.limits, request.now);
+    const oneByOne = [];
+    for (const request of requests) oneByOne.push(await run('seq-', request));
+    const together = await Promise.all(requests.map((request) => run('turn-', request)));
+    assert.deepEqual(together, oneByOne);
+    assert.ok(oneByOne.some((decision) => decision.quota === null));
+    assert.ok(oneByOne.some((decision) => decision.quota?.allowed === false));
+    for (const bucket of ['k0', 'k1', 'k2']) {
+      for (const period of ['2026-11', '2026-12']) {
+        assert.equal(
+          await store.getQuotaUsage(`turn-${bucket}`, period),
+          await store.getQuotaUsage(`seq-${bucket}`, period),
+        );
+      }
+    }
+  });
+
   describe('row cache (keys, tenants, jobs read on every request)', () => {
     const tenant = (tenantId: string) => ({
       tenantId,

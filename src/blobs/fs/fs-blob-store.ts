@@ -47,15 +47,15 @@ export function createFsBlobStore(options: FsBlobStoreOptions): FsBlobStore {
   return new FsBlobStore(options);
 }
 
-const MAX_REMEMBERED_SIGNATURES = 4096;
+const MAX_REMEMBERED_URLS = 4096;
 
 export class FsBlobStore implements BlobStore {
   readonly #dir: string;
   readonly #publicBaseUrl: string;
   readonly #secret: string | Buffer;
   readonly #clock: Clock;
-  /** Recent signatures by signed material: a job polled within a minute signs once. */
-  #signatures = new Map<string, string>();
+  /** URLs handed out lately, by what they sign: a job polled within a minute signs once. */
+  #urls = new Map<string, string>();
 
   constructor(options: FsBlobStoreOptions) {
     if (options.secret.length === 0) {
@@ -173,12 +173,19 @@ export class FsBlobStore implements BlobStore {
     const expires = String(
       Math.ceil((this.#clock.now() / 1000 + options.expiresInSeconds) / step) * step,
     );
-    const query = new URLSearchParams({
-      expires,
-      signature: this.#signRemembered(key, expires, options.filename),
-    });
-    if (options.filename !== undefined) query.set('filename', options.filename);
-    return `${this.#publicBaseUrl}/files/${key}?${query}`;
+    const signed = material(key, expires, options.filename);
+    let url = this.#urls.get(signed);
+    if (url === undefined) {
+      const query = new URLSearchParams({
+        expires,
+        signature: this.#hmac(signed),
+      });
+      if (options.filename !== undefined) query.set('filename', options.filename);
+      url = `${this.#publicBaseUrl}/files/${key}?${query}`;
+      if (this.#urls.size >= MAX_REMEMBERED_URLS) this.#urls = new Map();
+      this.#urls.set(signed, url);
+    }
+    return url;
   }
 
   /**
@@ -218,21 +225,11 @@ export class FsBlobStore implements BlobStore {
   }
 
   #sign(key: string, expires: string, filename: string | undefined): string {
-    return createHmac('sha256', this.#secret)
-      .update(material(key, expires, filename))
-      .digest('base64url');
+    return this.#hmac(material(key, expires, filename));
   }
 
-  /** {@link #sign} for URLs we hand out (never for ones presented to us: no flooding). */
-  #signRemembered(key: string, expires: string, filename: string | undefined): string {
-    const signed = material(key, expires, filename);
-    let signature = this.#signatures.get(signed);
-    if (signature === undefined) {
-      signature = createHmac('sha256', this.#secret).update(signed).digest('base64url');
-      if (this.#signatures.size >= MAX_REMEMBERED_SIGNATURES) this.#signatures = new Map();
-      this.#signatures.set(signed, signature);
-    }
-    return signature;
+  #hmac(signed: string): string {
+    return createHmac('sha256', this.#secret).update(signed).digest('base64url');
   }
 }
 

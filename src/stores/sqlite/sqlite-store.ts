@@ -486,7 +486,7 @@ export class SqliteStore implements Store {
     this.#pendingLimits = [];
     let decisions: LimitDecision[];
     try {
-      decisions = this.#atomic(() => batch.map((request) => this.#consumeLimitsNow(request)));
+      decisions = this.#atomic(() => this.#consumeLimitsNow(batch));
     } catch (error) {
       for (const request of batch) request.reject(error);
       return;
@@ -496,15 +496,40 @@ export class SqliteStore implements Store {
     }
   }
 
-  #consumeLimitsNow({ bucket, limits, now }: PendingLimits): LimitDecision {
-    const { period, limit } = limits.quota;
-    const { tat, ...rate } = gcra(this.#sql.getTat.get({ bucket }) ?? null, limits.rate, now);
-    if (!rate.allowed) return { rate, quota: null };
-    this.#sql.upsertTat.run({ bucket, tat });
-    const used = this.#sql.getQuota.get({ bucket, period }) ?? 0;
-    if (used >= limit) return { rate, quota: { allowed: false, limit, used, remaining: 0 } };
-    this.#sql.upsertQuota.run({ bucket, period, used: used + 1 });
-    return { rate, quota: { allowed: true, limit, used: used + 1, remaining: limit - used - 1 } };
+  /**
+   * The batch's decisions, in order, inside its transaction. A bucket's rows are read
+   * once and written once however many of its requests the batch holds (a client
+   * polling many jobs with one key): each decision still sees the ones before it.
+   */
+  #consumeLimitsNow(batch: PendingLimits[]): LimitDecision[] {
+    const tats = new Map<string, number | null>();
+    const counts = new Map<string, { bucket: string; period: string; used: number }>();
+    const changedTats = new Set<string>();
+    const changedCounts = new Set<{ bucket: string; period: string; used: number }>();
+    const decisions = batch.map(({ bucket, limits, now }): LimitDecision => {
+      if (!tats.has(bucket)) tats.set(bucket, this.#sql.getTat.get({ bucket }) ?? null);
+      const { tat, ...rate } = gcra(tats.get(bucket) ?? null, limits.rate, now);
+      if (!rate.allowed) return { rate, quota: null };
+      tats.set(bucket, tat);
+      changedTats.add(bucket);
+      const { period, limit } = limits.quota;
+      const id = `${period}\n${bucket}`;
+      let count = counts.get(id);
+      if (!count) {
+        count = { bucket, period, used: this.#sql.getQuota.get({ bucket, period }) ?? 0 };
+        counts.set(id, count);
+      }
+      const { used } = count;
+      if (used >= limit) return { rate, quota: { allowed: false, limit, used, remaining: 0 } };
+      count.used = used + 1;
+      changedCounts.add(count);
+      return { rate, quota: { allowed: true, limit, used: used + 1, remaining: limit - used - 1 } };
+    });
+    for (const bucket of changedTats) {
+      this.#sql.upsertTat.run({ bucket, tat: tats.get(bucket) as number });
+    }
+    for (const count of changedCounts) this.#sql.upsertQuota.run(count);
+    return decisions;
   }
 
   async getQuotaUsage(bucket: string, period: string): Promise<number> {
