@@ -5,11 +5,28 @@ export type CachedTable = 'key' | 'tenant' | 'job';
 
 const EVICT_FUNCTION = 'reelpostly_evict';
 
-/** TEMP triggers belong to this connection only, so they see exactly its own writes. */
-const TRIGGERS: Array<{ table: CachedTable; on: string; id: string }> = [
-  { table: 'key', on: 'api_keys', id: 'hash' },
-  { table: 'tenant', on: 'tenants', id: 'tenant_id' },
-  { table: 'job', on: 'jobs', id: 'job_id' },
+/**
+ * Each table's SQL name and id column (TEMP triggers belong to this connection only, so
+ * they see exactly its own writes), and how much of it is kept: `budget` in units of
+ * `weigh`, oldest rows going first. A job weighs its prompt (up to 32,000 characters),
+ * so the cache stays a few MB whatever the prompts.
+ */
+const TABLES: Array<{
+  table: CachedTable;
+  on: string;
+  id: string;
+  budget: number;
+  weigh: (row: object) => number;
+}> = [
+  { table: 'key', on: 'api_keys', id: 'hash', budget: 10_000, weigh: () => 1 },
+  { table: 'tenant', on: 'tenants', id: 'tenant_id', budget: 10_000, weigh: () => 1 },
+  {
+    table: 'job',
+    on: 'jobs',
+    id: 'job_id',
+    budget: 4_000_000,
+    weigh: (row) => 1_000 + ((row as { prompt?: string }).prompt?.length ?? 0),
+  },
 ];
 
 /**
@@ -17,10 +34,7 @@ const TRIGGERS: Array<{ table: CachedTable; on: string; id: string }> = [
  * connections in this process are seen at once (see `#ownProcessWrites`); a commit by
  * another process is seen by reads that start after this window.
  */
-export const CROSS_PROCESS_STALENESS_MS = 1;
-
-/** Rows kept per table; past it the oldest entries go first. */
-const MAX_ROWS = 10_000;
+const CROSS_PROCESS_STALENESS_MS = 1;
 
 /** Evictions by any connection of this process, so sibling connections notice them. */
 let processWrites = 0;
@@ -43,8 +57,8 @@ let processWrites = 0;
  * must not leave its rows behind).
  */
 export class RowCache {
-  readonly #rows = new Map<CachedTable, Map<string, unknown>>(
-    TRIGGERS.map(({ table }) => [table, new Map()]),
+  readonly #shelves = new Map<CachedTable, Shelf>(
+    TABLES.map(({ table, budget, weigh }) => [table, new Shelf(budget, weigh)]),
   );
   readonly #dataVersion: Database.Statement<[], number>;
   #version: number;
@@ -54,10 +68,10 @@ export class RowCache {
   constructor(db: Database.Database) {
     db.function(EVICT_FUNCTION, { deterministic: false }, (table: unknown, id: unknown) => {
       processWrites += 1;
-      this.#rows.get(table as CachedTable)?.delete(String(id));
+      this.#shelves.get(table as CachedTable)?.delete(String(id));
       return null;
     });
-    for (const { table, on, id } of TRIGGERS) {
+    for (const { table, on, id } of TABLES) {
       for (const event of ['UPDATE', 'DELETE']) {
         db.exec(
           `CREATE TEMP TRIGGER IF NOT EXISTS evict_${on}_${event.toLowerCase()}
@@ -73,13 +87,12 @@ export class RowCache {
   /** The cached row, or `load()`'s (cached when found). */
   read<T extends object>(table: CachedTable, id: string, load: () => T | undefined): T | null {
     this.#revalidate();
-    const rows = this.#rows.get(table) as Map<string, T>;
-    const cached = rows.get(id);
-    if (cached) return cached;
+    const shelf = this.#shelves.get(table) as Shelf;
+    const cached = shelf.get(id);
+    if (cached) return cached as T;
     const row = load();
     if (!row) return null;
-    if (rows.size >= MAX_ROWS) rows.delete(rows.keys().next().value as string);
-    rows.set(id, deepFreeze(row));
+    shelf.set(id, deepFreeze(row));
     return row;
   }
 
@@ -96,9 +109,48 @@ export class RowCache {
     const version = this.#dataVersion.get() as number;
     if (version !== this.#version) {
       this.#version = version;
-      for (const rows of this.#rows.values()) rows.clear();
+      for (const shelf of this.#shelves.values()) shelf.clear();
     }
     this.#checkedAt = now;
+  }
+}
+
+/** One table's rows, within a weight budget, oldest out first. */
+export class Shelf {
+  readonly #rows = new Map<string, { row: object; weight: number }>();
+  #weight = 0;
+
+  constructor(
+    private readonly budget: number,
+    private readonly weigh: (row: object) => number,
+  ) {}
+
+  get(id: string): object | undefined {
+    return this.#rows.get(id)?.row;
+  }
+
+  set(id: string, row: object): void {
+    this.delete(id);
+    const weight = this.weigh(row);
+    if (weight > this.budget) return;
+    for (const oldest of this.#rows.keys()) {
+      if (this.#weight + weight <= this.budget) break;
+      this.delete(oldest);
+    }
+    this.#rows.set(id, { row, weight });
+    this.#weight += weight;
+  }
+
+  delete(id: string): void {
+    const entry = this.#rows.get(id);
+    if (!entry) return;
+    this.#rows.delete(id);
+    this.#weight -= entry.weight;
+  }
+
+  clear(): void {
+    this.#rows.clear();
+    this.#weight = 0;
   }
 }
 
