@@ -1128,30 +1128,25 @@ export class DynamoStore implements Store {
   }
 
   async countUnfinishedJobs(): Promise<UnfinishedJobs> {
-    const counts: UnfinishedJobs = { queued: 0, in_progress: 0 };
-    await Promise.all(
-      Array.from({ length: DUE_SHARDS }, async (_, shard) => {
-        let start: Item | undefined;
-        do {
-          const page = await this.#doc.send(
-            new QueryCommand({
-              TableName: this.#tableName,
-              IndexName: INDEX.due,
-              KeyConditionExpression: 'GSI3PK = :pk',
-              ExpressionAttributeValues: { ':pk': `DUE#${shard}` },
-              ProjectionExpression: '#state',
-              ExpressionAttributeNames: aliases('state'),
-              ...(start ? { ExclusiveStartKey: start } : {}),
-            }),
-          );
-          for (const item of page.Items ?? []) {
-            const state: unknown = item.state;
-            if (state === 'queued' || state === 'in_progress') counts[state] += 1;
-          }
-          start = page.LastEvaluatedKey;
-        } while (start);
-      }),
+    const shards = await Promise.all(
+      Array.from({ length: DUE_SHARDS }, (_, shard) =>
+        this.#query(
+          {
+            IndexName: INDEX.due,
+            KeyConditionExpression: 'GSI3PK = :pk',
+            ExpressionAttributeValues: { ':pk': `DUE#${shard}` },
+            ProjectionExpression: '#state',
+            ExpressionAttributeNames: aliases('state'),
+          },
+          Number.POSITIVE_INFINITY,
+        ),
+      ),
     );
+    const counts: UnfinishedJobs = { queued: 0, in_progress: 0 };
+    for (const item of shards.flat()) {
+      const state: unknown = item.state;
+      if (state === 'queued' || state === 'in_progress') counts[state] += 1;
+    }
     return counts;
   }
 
