@@ -486,7 +486,7 @@ export class SqliteStore implements Store {
     this.#pendingLimits = [];
     let decisions: LimitDecision[];
     try {
-      decisions = this.#atomic(() => this.#consumeLimitsNow(batch));
+      decisions = this.#atomic(() => this.#decideBatch(batch));
     } catch (error) {
       for (const request of batch) request.reject(error);
       return;
@@ -501,7 +501,7 @@ export class SqliteStore implements Store {
    * once and written once however many of its requests the batch holds (a client
    * polling many jobs with one key): each decision still sees the ones before it.
    */
-  #consumeLimitsNow(batch: PendingLimits[]): LimitDecision[] {
+  #decideBatch(batch: PendingLimits[]): LimitDecision[] {
     const tats = new Map<string, number | null>();
     const counts = new Map<string, { bucket: string; period: string; used: number }>();
     const changedTats = new Set<string>();
