@@ -117,25 +117,24 @@ export function seedRoutes(services: Services): FastifyPluginAsyncTypebox {
       async (request) => {
         const caller = callerOf(request);
         const job = await services.videos.get(caller.tenant.tenantId, request.params.id);
-        const base = {
+        const asset = job.state === 'completed' ? job.asset : null;
+        const error = job.state === 'failed' ? job.error : null;
+        const url = asset ? ((await services.videos.signedUrl(job)) as string) : undefined;
+        // One literal for every state, absent fields undefined (the serializer leaves them
+        // out). Spreading a base object and adding fields gives each response a hidden
+        // class of its own on Node 20, which measurably slowed this hot route.
+        return {
           success: true,
           id: job.jobId,
           status: seedStatus(job),
           progress: job.progress,
           providerStatus: job.providerStatus,
+          url,
+          filename: asset?.filename,
+          size: asset?.bytes,
+          error: error ?? undefined,
+          credits_refunded: error ? job.cost : undefined,
         };
-        if (job.state === 'completed' && job.asset) {
-          return {
-            ...base,
-            url: (await services.videos.signedUrl(job)) as string,
-            filename: job.asset.filename,
-            size: job.asset.bytes,
-          };
-        }
-        if (job.state === 'failed' && job.error) {
-          return { ...base, error: job.error, credits_refunded: job.cost };
-        }
-        return base;
       },
     );
   };
