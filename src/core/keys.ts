@@ -1,4 +1,4 @@
-import { createHash } from 'node:crypto';
+import { hash } from 'node:crypto';
 import { randomBase62 } from './ids.ts';
 
 export const KEY_PREFIX = 'rp_live_';
@@ -11,8 +11,9 @@ export function generateApiKey(): { plaintext: string; hash: string; prefix: str
   return { plaintext, hash: hashApiKey(plaintext), prefix: plaintext.slice(0, DISPLAY_LENGTH) };
 }
 
+/** Every authenticated request hashes its key: the one-shot `hash` is ~2x `createHash` here. */
 export function hashApiKey(plaintext: string): string {
-  return createHash('sha256').update(plaintext).digest('hex');
+  return hash('sha256', plaintext, 'hex');
 }
 
 /** Cheap shape check so garbage never reaches the store. */

@@ -57,14 +57,9 @@ export async function buildApp(
 
   await app.register(cors, {
     origin: services.config.corsOrigins === '*' ? '*' : services.config.corsOrigins,
-    methods: ['GET', 'HEAD', 'POST', 'DELETE', 'OPTIONS'],
-    allowedHeaders: [
-      'content-type',
-      'x-api-key',
-      'authorization',
-      'idempotency-key',
-      'x-request-id',
-    ],
+    // Joined once here: the plugin joins arrays again on every request.
+    methods: 'GET, HEAD, POST, DELETE, OPTIONS',
+    allowedHeaders: 'content-type, x-api-key, authorization, idempotency-key, x-request-id',
     exposedHeaders: [
       'x-request-id',
       'retry-after',
@@ -76,7 +71,7 @@ export async function buildApp(
       'accept-ranges',
       'openai-poll-after-ms',
       'x-should-retry',
-    ],
+    ].join(', '),
     maxAge: 600,
   });
 
