@@ -1,5 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { AppError } from './errors.ts';
+import { forwarding } from './forwarding.ts';
 import { newId } from './ids.ts';
 import type {
   Batch,
@@ -421,23 +422,5 @@ export function withWebhookEvents(store: Store, webhooks: WebhookService): Store
       return result;
     },
   };
-  // A Proxy rather than a 40-method delegating class: adapters keep private state
-  // (#db, #doc), so every other method must run bound to the real store (bound once:
-  // requests reach the store through here several times each).
-  const bound = new Map<PropertyKey, unknown>();
-  return new Proxy(store, {
-    get(target, property) {
-      if (typeof property === 'string' && property in overrides) {
-        return overrides[property as keyof Store];
-      }
-      const value = Reflect.get(target, property, target);
-      if (typeof value !== 'function') return value;
-      let method = bound.get(property);
-      if (method === undefined) {
-        method = value.bind(target);
-        bound.set(property, method);
-      }
-      return method;
-    },
-  });
+  return forwarding(store, overrides);
 }

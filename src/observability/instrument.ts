@@ -1,9 +1,10 @@
 /**
  * Decorators that report to `Metrics` around the ports, applied in services.ts, so
- * core and adapters stay free of prom-client. Each is a Proxy that intercepts a few
- * methods and forwards everything else untouched (methods added to a port later pass
- * straight through).
+ * core and adapters stay free of prom-client. Each wraps a few methods and forwards
+ * everything else untouched (see `forwarding`).
  */
+
+import { forwarding } from '../core/forwarding.ts';
 import type {
   BlobStore,
   Job,
@@ -17,10 +18,7 @@ import type { Metrics } from './metrics.ts';
 
 type AnyFn = (...args: unknown[]) => unknown;
 
-/**
- * Methods are bound to the real object: adapters keep state in #private fields,
- * which a Proxy receiver cannot reach.
- */
+/** `target` with the named methods it has wrapped; a wrapper gets the method bound to `target`. */
 function decorate<T extends object>(
   target: T,
   wrappers: {
@@ -29,23 +27,12 @@ function decorate<T extends object>(
       : never;
   },
 ): T {
-  const cache = new Map<PropertyKey, unknown>();
-  return new Proxy(target, {
-    get(object, property) {
-      const value = Reflect.get(object, property, object);
-      if (typeof value !== 'function') return value;
-      let bound = cache.get(property);
-      if (!bound) {
-        const plain = (value as AnyFn).bind(object);
-        const wrap = (wrappers as Record<PropertyKey, ((fn: AnyFn) => AnyFn) | undefined>)[
-          property
-        ];
-        bound = wrap ? wrap(plain) : plain;
-        cache.set(property, bound);
-      }
-      return bound;
-    },
-  });
+  const overrides: Record<string, unknown> = {};
+  for (const [name, wrap] of Object.entries(wrappers) as Array<[string, (fn: AnyFn) => AnyFn]>) {
+    const method = (target as Record<string, AnyFn | undefined>)[name];
+    if (method) overrides[name] = wrap(method.bind(target));
+  }
+  return forwarding(target, overrides as { [K in keyof T]?: T[K] });
 }
 
 /** Counts job transitions and credits as they are committed. */
