@@ -10,7 +10,7 @@ export function forwarding<T extends object>(
   target: T,
   overrides: { [K in keyof T]?: T[K] } = {},
 ): T {
-  const forward: Record<PropertyKey, unknown> = {};
+  const forward: Record<PropertyKey, unknown> = { ...overrides };
   for (
     let level: object | null = target;
     level !== null && level !== Object.prototype;
@@ -18,10 +18,8 @@ export function forwarding<T extends object>(
   ) {
     for (const key of Reflect.ownKeys(level)) {
       if (key === 'constructor' || Object.hasOwn(forward, key)) continue;
-      const override = (overrides as Record<PropertyKey, unknown>)[key];
       const value = Reflect.getOwnPropertyDescriptor(level, key)?.value;
-      if (override !== undefined) forward[key] = override;
-      else if (typeof value === 'function') forward[key] = value.bind(target);
+      if (typeof value === 'function') forward[key] = value.bind(target);
       else {
         Object.defineProperty(forward, key, {
           get: () => Reflect.get(target, key, target),
