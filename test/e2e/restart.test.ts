@@ -1,39 +1,14 @@
 import assert from 'node:assert/strict';
-import { type ChildProcess, spawn } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { createSqliteStore } from '../../src/stores/sqlite/sqlite-store.ts';
+import { startChildGateway } from '../support/child-gateway.ts';
 import { api, eventually, freePort } from '../support/gateway.ts';
 
 const ROOT = new URL('../../', import.meta.url).pathname;
-
-interface ServerProcess {
-  child: ChildProcess;
-  output: () => string;
-  exited: Promise<number | null>;
-}
-
-/** Starts `npm start`'s entry point as its own process, as an operator would. */
-function startServerProcess(env: Record<string, string>): ServerProcess {
-  const child = spawn(process.execPath, ['--import', 'tsx', 'src/main/server.ts'], {
-    cwd: ROOT,
-    env: { ...process.env, LOG_LEVEL: 'warn', ...env },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  let out = '';
-  child.stdout?.on('data', (chunk) => {
-    out += chunk;
-  });
-  child.stderr?.on('data', (chunk) => {
-    out += chunk;
-  });
-  const exited = new Promise<number | null>((resolve) =>
-    child.once('exit', (code) => resolve(code)),
-  );
-  return { child, output: () => out, exited };
-}
 
 describe('a gateway killed mid-job', () => {
   let dataDir = '';
@@ -57,7 +32,7 @@ describe('a gateway killed mid-job', () => {
     };
     const baseUrl = `http://127.0.0.1:${port}`;
 
-    const first = startServerProcess(env);
+    const first = await startChildGateway(env);
     children.push(first.child);
     const apiKey = await eventually(
       async () => /API key: (rp_live_\w+)/.exec(first.output())?.[1],
@@ -86,9 +61,8 @@ describe('a gateway killed mid-job', () => {
     first.child.kill('SIGKILL');
     assert.equal(await first.exited, null);
 
-    const second = startServerProcess(env);
+    const second = await startChildGateway(env);
     children.push(second.child);
-    await eventually(async () => /listening/.test(second.output()), { timeoutMs: 30_000 });
     assert.match(second.output(), /already exists/);
     assert.doesNotMatch(second.output(), /API key: rp_live_/);
 
