@@ -341,23 +341,28 @@ describe('upstream faults, through the real OpenAI adapter', () => {
     assert.equal(await h.store.getBalance(job.tenantId), 10);
   });
 
+  /** The job ended failed with `code`, no file of it was stored, and it was charged and refunded once. */
+  async function assertFailedRefundedNothingStored(harness: Harness, job: Job, code: string) {
+    const failed = await harness.job(job.jobId);
+    assert.equal(failed.state, 'failed');
+    assert.equal(failed.error?.code, code);
+    assert.equal(await harness.gateway.services.blobs.head(blobKey(job, 'video')), null);
+    assert.deepEqual(await blobFiles(harness.gateway.dataDir, job), []);
+    assert.deepEqual(await ledgerOf(harness.store, job.tenantId), [
+      ['grant', 10],
+      ['charge', -1],
+      ['refund', 1],
+    ]);
+  }
+
   for (const gone of [404, 410] as const) {
     it(`an expired asset (${gone}) fails the job and refunds, storing nothing`, async () => {
       h = await upstreamHarness();
       h.emulator.faults.contentGone = gone;
       const job = await h.generate();
       await h.run(6_000);
-      const failed = await h.job(job.jobId);
-      assert.equal(failed.state, 'failed');
-      assert.equal(failed.error?.code, 'asset_unavailable');
+      await assertFailedRefundedNothingStored(h, job, 'asset_unavailable');
       assert.equal(h.emulator.videoDownloads().length, 1, 'an expired asset is not retried');
-      assert.equal(await h.gateway.services.blobs.head(blobKey(job, 'video')), null);
-      assert.deepEqual(await blobFiles(h.gateway.dataDir, job), []);
-      assert.deepEqual(await ledgerOf(h.store, job.tenantId), [
-        ['grant', 10],
-        ['charge', -1],
-        ['refund', 1],
-      ]);
     });
   }
 
@@ -366,17 +371,8 @@ describe('upstream faults, through the real OpenAI adapter', () => {
     h.emulator.faults.truncateContent = true;
     const job = await h.generate();
     await h.run(60_000, 250);
-    const failed = await h.job(job.jobId);
-    assert.equal(failed.state, 'failed');
-    assert.equal(failed.error?.code, 'upstream_error');
+    await assertFailedRefundedNothingStored(h, job, 'upstream_error');
     assert.equal(h.emulator.videoDownloads().length, 3, 'bounded retries of the download');
-    assert.equal(await h.gateway.services.blobs.head(blobKey(job, 'video')), null);
-    assert.deepEqual(await blobFiles(h.gateway.dataDir, job), []);
-    assert.deepEqual(await ledgerOf(h.store, job.tenantId), [
-      ['grant', 10],
-      ['charge', -1],
-      ['refund', 1],
-    ]);
   });
 
   it('a truncation that clears on retry stores the exact bytes', async () => {
