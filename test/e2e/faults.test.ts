@@ -23,8 +23,8 @@ import {
 } from '../emulators/openai-videos-emulator.ts';
 import {
   type ChildGateway,
+  openAIGatewayEnv,
   startChildGateway,
-  writeOpenAICatalog,
 } from '../support/child-gateway.ts';
 import {
   api,
@@ -140,15 +140,12 @@ describe('a gateway killed (SIGKILL) mid-download', () => {
     const port = await freePort();
     const baseUrl = `http://127.0.0.1:${port}`;
     const env = {
-      PORT: String(port),
-      HOST: '127.0.0.1',
-      REELPOSTLY_DATA_DIR: dataDir,
-      REELPOSTLY_SIMULATED: 'false',
-      REELPOSTLY_CATALOG: await writeOpenAICatalog(dataDir),
-      OPENAI_API_KEY: UPSTREAM_KEY,
-      OPENAI_BASE_URL: emulator.baseUrl,
-      REELPOSTLY_POLL_INTERVAL_MS: '100',
-      REELPOSTLY_WORKER_INTERVAL_MS: '50',
+      ...(await openAIGatewayEnv({
+        port,
+        dataDir,
+        upstreamUrl: emulator.baseUrl,
+        upstreamKey: UPSTREAM_KEY,
+      })),
       REELPOSTLY_LEASE_MS: '1000',
     };
     const first = await startChildGateway(env);

@@ -22,9 +22,9 @@ import {
 import {
   bundleServer,
   type ChildGateway,
+  openAIGatewayEnv,
   rssOf,
   startChildGateway,
-  writeOpenAICatalog,
 } from '../support/child-gateway.ts';
 import { api, eventually, freePort } from '../support/gateway.ts';
 
@@ -67,17 +67,12 @@ describe('a 1 GiB upstream video', () => {
     const baseUrl = `http://127.0.0.1:${port}`;
     entry = await bundleServer();
     gateway = await startChildGateway(
-      {
-        PORT: String(port),
-        HOST: '127.0.0.1',
-        REELPOSTLY_DATA_DIR: dataDir,
-        REELPOSTLY_SIMULATED: 'false',
-        REELPOSTLY_CATALOG: await writeOpenAICatalog(dataDir),
-        OPENAI_API_KEY: UPSTREAM_KEY,
-        OPENAI_BASE_URL: emulator.baseUrl,
-        REELPOSTLY_POLL_INTERVAL_MS: '100',
-        REELPOSTLY_WORKER_INTERVAL_MS: '50',
-      },
+      await openAIGatewayEnv({
+        port,
+        dataDir,
+        upstreamUrl: emulator.baseUrl,
+        upstreamKey: UPSTREAM_KEY,
+      }),
       { entry },
     );
     const pid = gateway.child.pid as number;

@@ -75,8 +75,32 @@ export async function startChildGateway(
   return { child, output: () => out, exited };
 }
 
+/**
+ * The environment of a gateway whose `sora-2` goes to an OpenAI-compatible upstream
+ * (an emulator) only, storing under `dataDir`, with the worker and polls on short
+ * intervals for tests.
+ */
+export async function openAIGatewayEnv(options: {
+  port: number;
+  dataDir: string;
+  upstreamUrl: string;
+  upstreamKey: string;
+}): Promise<Record<string, string>> {
+  return {
+    PORT: String(options.port),
+    HOST: '127.0.0.1',
+    REELPOSTLY_DATA_DIR: options.dataDir,
+    REELPOSTLY_SIMULATED: 'false',
+    REELPOSTLY_CATALOG: await writeOpenAICatalog(options.dataDir),
+    OPENAI_API_KEY: options.upstreamKey,
+    OPENAI_BASE_URL: options.upstreamUrl,
+    REELPOSTLY_POLL_INTERVAL_MS: '100',
+    REELPOSTLY_WORKER_INTERVAL_MS: '50',
+  };
+}
+
 /** A catalog file whose `sora-2` is served by the `openai` route only. */
-export async function writeOpenAICatalog(dir: string): Promise<string> {
+async function writeOpenAICatalog(dir: string): Promise<string> {
   const catalog = JSON.parse(await readFile(DEFAULT_CATALOG_PATH, 'utf8'));
   const sora = catalog.models['sora-2'];
   sora.routes = [{ provider: 'openai', upstreamModel: 'sora-2' }];
